@@ -1,0 +1,3 @@
+"""Gemma Agent Loop: a self-improving local agent server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,344 @@
+"""The embedded engine: llama-cpp-python in-process, driven by one worker thread that owns the model.
+
+Requests queue on the thread (llama.cpp contexts are not thread-safe), so the event loop never blocks; a
+consumer that stops reading sets the job's cancel flag and generation stops at the next token. The prompt
+prefix (system text, tool list, examples) stays in the KV cache between requests: llama-cpp-python's
+`generate` re-evaluates only the tokens after the longest common prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentloop.application.ports import Completion, GenerationRequest, OutputConstraint, Token
+from agentloop.domain.model import Usage
+from agentloop.errors import ContextOverflowError, EngineNotReadyError, InferenceError
+
+# The text branch of a decision only fixes the first character (not whitespace, not the call's "<"); after
+# that the engine drops the grammar, because checking 262k vocabulary entries per token is slow.
+_TEXT_START = r"[^<\x20\t\n]"
+
+
+def constraint_grammar(constraint: OutputConstraint) -> str:
+    """GBNF for `prefix JSON suffix`, or a first character that starts plain text when text is allowed."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    if not constraint.allow_call:
+        return f"root ::= {_TEXT_START}\n"
+    body = json_schema_to_gbnf(json.dumps(constraint.call_schema))
+    body = re.sub(r"^root\s*::=", "call ::=", body, flags=re.MULTILINE)
+    root = f"root ::= {json.dumps(constraint.call_prefix)} call {json.dumps(constraint.call_suffix)}"
+    if constraint.allow_text:
+        root += f" | {_TEXT_START}"
+    return f"{root}\n{body}"
+
+
+def _may_be_call(text: str, prefix: str) -> bool:
+    return prefix.startswith(text) or text.startswith(prefix)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters might begin a stop sequence and must wait for the next token."""
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                hold = max(hold, size)
+                break
+    return hold
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Token | Completion | BaseException]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, item: Token | Completion | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+@dataclass
+class _Control:
+    """Work that must run on the model thread between generations (e.g. swapping adapters)."""
+
+    action: Callable[[Any], Any]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[Any]
+
+
+class LlamaEngine:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 2,
+        n_batch: int = 512,
+        model_version: str = "base",
+    ) -> None:
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self._version = model_version
+        self._llm: Any = None
+        self._jobs: queue.Queue[_Job | _Control | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._grammars: dict[str, Any] = {}
+        self.loaded = threading.Event()
+        self.load_error: BaseException | None = None
+        self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    @property
+    def context_size(self) -> int:
+        return self.n_ctx
+
+    @property
+    def queue_depth(self) -> int:
+        return self._jobs.qsize()
+
+    async def start(self) -> None:
+        """Load the model on the worker thread and wait until it is ready."""
+        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self.loaded.wait)
+        if self.load_error is not None:
+            raise EngineNotReadyError(
+                f"could not load {self.model_path}: {self.load_error}"
+            ) from self.load_error
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join, 30)
+        self._thread = None
+
+    async def count_tokens(self, text: str) -> int:
+        # Tokenizing only reads the vocabulary, so it may run beside a generation on the model thread.
+        return len(await asyncio.to_thread(self._tokenize, text))
+
+    def _tokenize(self, text: str) -> list[int]:
+        if self._llm is None:
+            raise EngineNotReadyError("the model is not loaded")
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    async def run_on_model_thread(self, action: Callable[[Any], Any]) -> Any:
+        """Run `action(llama)` on the model thread after the requests queued before it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(_Control(action, loop, done))
+        return await done
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Token | Completion, None]:
+        if self._thread is None or not self.loaded.is_set() or self.load_error is not None:
+            raise EngineNotReadyError("the model is not loaded")
+        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Completion):
+                    return
+        finally:
+            job.cancel.set()
+
+    # --- the model thread -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except Exception as exc:
+            self.load_error = exc
+            return
+        finally:
+            self.loaded.set()
+        while (job := self._jobs.get()) is not None:
+            if isinstance(job, _Control):
+                self._control(job)
+            elif not job.cancel.is_set():
+                self._serve(job)
+        self._llm.close()
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        self._llm = Llama(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            n_batch=self.n_batch,
+            verbose=False,
+        )
+
+    def _control(self, job: _Control) -> None:
+        try:
+            result = job.action(self._llm)
+        except Exception as exc:
+            job.loop.call_soon_threadsafe(_settle, job.done, None, exc)
+        else:
+            job.loop.call_soon_threadsafe(_settle, job.done, result, None)
+
+    def _serve(self, job: _Job) -> None:
+        try:
+            job.emit(_Generation(self, job).run())
+        except Exception as exc:
+            error = (
+                exc if isinstance(exc, InferenceError | ContextOverflowError) else InferenceError(str(exc))
+            )
+            job.emit(error)
+
+    def grammar(self, constraint: OutputConstraint) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        key = json.dumps(
+            [
+                constraint.call_schema,
+                constraint.call_prefix,
+                constraint.call_suffix,
+                constraint.allow_text,
+                constraint.allow_call,
+            ]
+        )
+        if key not in self._grammars:
+            if len(self._grammars) > 64:
+                self._grammars.clear()
+            self._grammars[key] = LlamaGrammar.from_string(constraint_grammar(constraint), verbose=False)
+        return self._grammars[key]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class _Generation:
+    """One request on the model thread: decide under the grammar, then continue freely."""
+
+    def __init__(self, engine: LlamaEngine, job: _Job) -> None:
+        self.engine = engine
+        self.llm = engine._llm
+        self.job = job
+        self.req = job.request
+        self.out: list[int] = []
+        self.text = ""
+        self.shown = 0
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.finish = "length"
+
+    def run(self) -> Completion:
+        prompt = self.engine._tokenize(self.req.prompt)
+        if len(prompt) + self.req.max_tokens > self.engine.n_ctx:
+            raise ContextOverflowError(len(prompt), self.engine.n_ctx - self.req.max_tokens)
+        self._account(prompt)
+        if self.req.seed is not None:
+            self.llm.set_seed(self.req.seed)
+        constraint = self.req.constraint
+        grammar = self.engine.grammar(constraint) if constraint else None
+        done = self._decode(prompt, grammar, switch_to_free=bool(constraint and constraint.allow_text))
+        if not done:
+            self._decode(prompt, None, switch_to_free=False)
+        if self.job.cancel.is_set():
+            self.finish = "cancelled"
+        self._flush(final=True)
+        return self._completion(len(prompt))
+
+    def _account(self, prompt: list[int]) -> None:
+        cached = 0
+        for a, b in zip(self.llm._input_ids[: self.llm.n_tokens], prompt, strict=False):
+            if a != b:
+                break
+            cached += 1
+        stats = self.engine.stats
+        stats["requests"] += 1
+        stats["prompt_tokens"] += len(prompt)
+        stats["cached_tokens"] += cached
+
+    def _decode(self, prompt: list[int], grammar: Any, switch_to_free: bool) -> bool:
+        """Generate until done (True) or until the text branch is chosen and the grammar can go (False)."""
+        from llama_cpp import llama_cpp as C
+
+        req = self.req
+        vocab = self.llm._model.vocab
+        for token in self.llm.generate(
+            prompt + self.out,
+            temp=req.temperature,
+            top_p=req.top_p,
+            top_k=0 if req.temperature else 1,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            reset=True,
+            grammar=grammar,
+        ):
+            if self.job.cancel.is_set():
+                return True
+            if C.llama_vocab_is_eog(vocab, token):
+                self.finish = "stop"
+                return True
+            self.out.append(token)
+            if self._advance():
+                return True
+            if len(self.out) >= req.max_tokens:
+                self.finish = "length"
+                return True
+            if switch_to_free and req.constraint and not _may_be_call(self.text, req.constraint.call_prefix):
+                return False
+        return True
+
+    def _advance(self) -> bool:
+        """Decode the new token, emit what is safe to show, and report whether a stop sequence ended it."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.text = self.llm.detokenize(self.out, special=True).decode("utf-8", errors="ignore")
+        # A stop sequence ends the reply only once it has content: leading newlines are not an answer.
+        start = len(self.text) - len(self.text.lstrip())
+        for stop in self.req.stop:
+            index = self.text.find(stop, start)
+            if index >= 0:
+                self.text = self.text[:index]
+                self.finish = "stop"
+                return True
+        self._flush(final=False)
+        return False
+
+    def _flush(self, final: bool) -> None:
+        limit = len(self.text) if final else len(self.text) - _held_back(self.text, self.req.stop)
+        if limit > self.shown:
+            self.job.emit(Token(self.text[self.shown : limit]))
+            self.shown = limit
+
+    def _completion(self, prompt_tokens: int) -> Completion:
+        now = time.perf_counter()
+        first = self.first_token_at or now
+        return Completion(
+            text=self.text,
+            usage=Usage(prompt_tokens, len(self.out)),
+            finish_reason=self.finish,
+            model_version=self.engine.model_version,
+            duration_ms=(now - self.started) * 1000.0,
+            ttft_ms=(first - self.started) * 1000.0,
+        )

@@ -1,0 +1,1 @@
+"""Alembic revisions, hand-written, one file each."""

@@ -1,0 +1,282 @@
+"""SqlStore: the ConversationStore port and the plain CRUD the API needs, on SQLAlchemy async sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from agentloop.adapters.storage.orm import AgentRow, ConversationRow, EventRow, MessageRow
+from agentloop.domain.events import Event
+from agentloop.domain.model import (
+    Agent,
+    Conversation,
+    Message,
+    ModelConfig,
+    Role,
+    ToolCall,
+    ToolResult,
+    Usage,
+    utcnow,
+)
+from agentloop.errors import NotFoundError, StorageError, ValidationError
+
+
+class SqlStore:
+    """Agents, conversations, messages and events in SQLite or PostgreSQL."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions() as session:
+                yield session
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+    async def create_agent(self, agent: Agent) -> None:
+        """Insert an agent; ValidationError if its name is taken."""
+        async with self._session() as session:
+            if await _agent_name_taken(session, agent.name):
+                raise _duplicate_name(agent.name)
+            session.add(_agent_row(agent))
+            try:
+                await session.commit()
+            except IntegrityError as exc:
+                # Lost a race with another insert of the same name, or a duplicate id.
+                await session.rollback()
+                if await _agent_name_taken(session, agent.name):
+                    raise _duplicate_name(agent.name) from exc
+                raise
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        """The agent with this id; NotFoundError if there is none."""
+        async with self._session() as session:
+            row = await session.get(AgentRow, agent_id)
+            if row is None:
+                raise NotFoundError("agent", agent_id)
+            return _agent(row)
+
+    async def get_agent_by_name(self, name: str) -> Agent | None:
+        """The agent with this name, or None."""
+        async with self._session() as session:
+            row = await session.scalar(select(AgentRow).where(AgentRow.name == name))
+            return None if row is None else _agent(row)
+
+    async def list_agents(self) -> list[Agent]:
+        """All agents, by name."""
+        async with self._session() as session:
+            rows = await session.scalars(select(AgentRow).order_by(AgentRow.name))
+            return [_agent(row) for row in rows]
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        """Insert a conversation (and any messages it already holds); NotFoundError for an unknown agent."""
+        async with self._session() as session:
+            if await session.get(AgentRow, conversation.agent_id) is None:
+                raise NotFoundError("agent", conversation.agent_id)
+            row = _conversation_row(conversation)
+            row.messages = [
+                _message_row(message, conversation.id, seq)
+                for seq, message in enumerate(conversation.messages, start=1)
+            ]
+            session.add(row)
+            await session.commit()
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        """The conversation with its messages in order; NotFoundError if there is none."""
+        async with self._session() as session:
+            row = await session.scalar(
+                select(ConversationRow)
+                .where(ConversationRow.id == conversation_id)
+                .options(selectinload(ConversationRow.messages))
+            )
+            if row is None:
+                raise NotFoundError("conversation", conversation_id)
+            return _conversation(row, [_message(message) for message in row.messages])
+
+    async def list_conversations(
+        self, limit: int, offset: int, agent_id: str | None = None
+    ) -> tuple[list[Conversation], int]:
+        """One page of conversations without their messages, most recently updated first, and the total."""
+        if limit < 0 or offset < 0:
+            raise ValidationError(
+                "limit and offset must not be negative", field="limit" if limit < 0 else "offset"
+            )
+        page = select(ConversationRow).order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+        count = select(func.count()).select_from(ConversationRow)
+        if agent_id is not None:
+            page = page.where(ConversationRow.agent_id == agent_id)
+            count = count.where(ConversationRow.agent_id == agent_id)
+        async with self._session() as session:
+            total = await session.scalar(count) or 0
+            rows = await session.scalars(page.limit(limit).offset(offset))
+            return [_conversation(row, []) for row in rows], total
+
+    async def delete_conversation(self, conversation_id: str) -> None:
+        """Delete a conversation and (by cascade) its messages; NotFoundError if there is none."""
+        async with self._session() as session:
+            deleted = await session.scalar(
+                delete(ConversationRow)
+                .where(ConversationRow.id == conversation_id)
+                .returning(ConversationRow.id)
+                .execution_options(synchronize_session=False)
+            )
+            if deleted is None:
+                raise NotFoundError("conversation", conversation_id)
+            await session.commit()
+
+    async def append(
+        self, conversation_id: str, messages: Sequence[Message], events: Sequence[Event] = ()
+    ) -> None:
+        """Add messages after the last one and record events, in one transaction."""
+        for message in messages:
+            if message.conversation_id != conversation_id:
+                raise ValidationError(
+                    f"message {message.id} belongs to conversation {message.conversation_id}",
+                    field="conversation_id",
+                )
+        async with self._session() as session:
+            # Updating the conversation first locks it (its row on PostgreSQL, the write lock on SQLite),
+            # so concurrent appends to one conversation read the max seq one after the other.
+            touched = await session.scalar(
+                update(ConversationRow)
+                .where(ConversationRow.id == conversation_id)
+                .values(updated_at=utcnow())
+                .returning(ConversationRow.id)
+                .execution_options(synchronize_session=False)
+            )
+            if touched is None:
+                raise NotFoundError("conversation", conversation_id)
+            last = await session.scalar(
+                select(func.max(MessageRow.seq)).where(MessageRow.conversation_id == conversation_id)
+            )
+            start = (last or 0) + 1
+            session.add_all(
+                _message_row(message, conversation_id, seq) for seq, message in enumerate(messages, start)
+            )
+            session.add_all(_event_row(event) for event in events)
+            await session.commit()
+
+    async def get_message(self, message_id: str) -> Message:
+        """One message; NotFoundError if there is none."""
+        async with self._session() as session:
+            row = await session.get(MessageRow, message_id)
+            if row is None:
+                raise NotFoundError("message", message_id)
+            return _message(row)
+
+    async def list_events(self, conversation_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest events, newest first, optionally of one conversation: name, payload, occurred_at."""
+        query = select(EventRow).order_by(EventRow.occurred_at.desc()).limit(max(limit, 0))
+        if conversation_id is not None:
+            query = query.where(EventRow.conversation_id == conversation_id)
+        async with self._session() as session:
+            rows = await session.scalars(query)
+            return [{"name": r.name, "payload": r.payload, "occurred_at": r.occurred_at} for r in rows]
+
+
+async def _agent_name_taken(session: AsyncSession, name: str) -> bool:
+    return await session.scalar(select(AgentRow.id).where(AgentRow.name == name)) is not None
+
+
+def _duplicate_name(name: str) -> ValidationError:
+    return ValidationError(f"agent name {name!r} already exists", field="name")
+
+
+def _agent_row(agent: Agent) -> AgentRow:
+    return AgentRow(
+        id=agent.id,
+        name=agent.name,
+        system_prompt=agent.system_prompt,
+        model_config=dataclasses.asdict(agent.model_config),
+        allowed_tools=list(agent.allowed_tools),
+        max_steps=agent.max_steps,
+        created_at=agent.created_at,
+    )
+
+
+def _agent(row: AgentRow) -> Agent:
+    return Agent(
+        id=row.id,
+        name=row.name,
+        system_prompt=row.system_prompt,
+        model_config=ModelConfig(**row.model_config),
+        allowed_tools=tuple(row.allowed_tools),
+        max_steps=row.max_steps,
+        created_at=row.created_at,
+    )
+
+
+def _conversation_row(conversation: Conversation) -> ConversationRow:
+    return ConversationRow(
+        id=conversation.id,
+        agent_id=conversation.agent_id,
+        title=conversation.title,
+        source=conversation.source,
+        created_at=conversation.created_at,
+        updated_at=conversation.updated_at,
+    )
+
+
+def _conversation(row: ConversationRow, messages: list[Message]) -> Conversation:
+    return Conversation(
+        id=row.id,
+        agent_id=row.agent_id,
+        title=row.title,
+        source=row.source,
+        messages=messages,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _message_row(message: Message, conversation_id: str, seq: int) -> MessageRow:
+    return MessageRow(
+        id=message.id,
+        conversation_id=conversation_id,
+        seq=seq,
+        role=message.role.value,
+        content=message.content,
+        tool_call=None if message.tool_call is None else dataclasses.asdict(message.tool_call),
+        tool_result=None if message.tool_result is None else dataclasses.asdict(message.tool_result),
+        prompt_tokens=message.usage.prompt_tokens,
+        completion_tokens=message.usage.completion_tokens,
+        latency_ms=message.latency_ms,
+        model_version=message.model_version,
+        created_at=message.created_at,
+    )
+
+
+def _message(row: MessageRow) -> Message:
+    return Message(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        role=Role(row.role),
+        content=row.content,
+        tool_call=None if row.tool_call is None else ToolCall(**row.tool_call),
+        tool_result=None if row.tool_result is None else ToolResult(**row.tool_result),
+        usage=Usage(row.prompt_tokens, row.completion_tokens),
+        latency_ms=row.latency_ms,
+        model_version=row.model_version,
+        created_at=row.created_at,
+    )
+
+
+def _event_row(event: Event) -> EventRow:
+    payload = event.payload()
+    conversation_id = payload.get("conversation_id")
+    return EventRow(
+        id=event.id,
+        name=event.name,
+        conversation_id=conversation_id if isinstance(conversation_id, str) else None,
+        payload=payload,
+        occurred_at=event.occurred_at,
+    )

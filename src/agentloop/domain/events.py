@@ -1,0 +1,52 @@
+"""Domain events, named in the past tense. Stored in the events table as they happen."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentloop.domain.model import new_id, utcnow
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    id: str = field(default_factory=new_id)
+    occurred_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def payload(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("id")
+        data.pop("occurred_at")
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolExecuted(Event):
+    conversation_id: str
+    tool_name: str
+    ok: bool
+    duration_ms: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseGenerated(Event):
+    conversation_id: str
+    message_id: str
+    model_version: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationSaved(Event):
+    conversation_id: str
+    message_count: int

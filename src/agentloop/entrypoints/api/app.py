@@ -1,0 +1,43 @@
+"""The FastAPI application: the lifespan owns the container (model, database, tools); routers do the rest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from agentloop.bootstrap import bootstrap
+from agentloop.entrypoints.api import health, native, openai, ws
+from agentloop.entrypoints.api.errors import install_error_handlers
+from agentloop.settings import Settings
+
+TITLE = "Gemma Agent Loop"
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
+    """Build the app; `overrides` go to `bootstrap` (e.g. `engine=FakeEngine(...)` in tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Settings() reads the environment; mypy cannot see that every field has a default.
+        async with bootstrap(settings or Settings(), **overrides) as container:  # type: ignore[call-arg]
+            app.state.container = container
+            try:
+                yield
+            finally:
+                del app.state.container
+
+    app = FastAPI(
+        title=TITLE,
+        description="A local agent server on a small Gemma model: tools, conversations, and an "
+        "OpenAI-compatible endpoint.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    install_error_handlers(app)
+    for router in (native.router, ws.router, openai.router, health.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,58 @@
+"""The one exception tree of agentloop. Adapters translate library errors into these (`raise ... from exc`);
+entrypoints map them to HTTP statuses and CLI exit codes in one place each.
+
+AgentLoopError
+├── NotFoundError            unknown agent, conversation, message, model version (HTTP 404)
+├── ValidationError          bad input from a caller: out-of-range parameter, unknown tool (HTTP 422)
+│   └── ContextOverflowError the prompt does not fit the model's context window (HTTP 413)
+├── ToolError                a tool failed or timed out; becomes an observation for the model, never a crash
+├── InferenceError           the inference backend failed (HTTP 503)
+│   └── EngineNotReadyError  the model is not loaded (yet) (HTTP 503)
+└── StorageError             the database failed (HTTP 503)
+"""
+
+from __future__ import annotations
+
+
+class AgentLoopError(Exception):
+    """Base of every error agentloop raises on purpose."""
+
+
+class NotFoundError(AgentLoopError):
+    def __init__(self, kind: str, ident: object) -> None:
+        super().__init__(f"{kind} {ident} not found")
+        self.kind = kind
+        self.ident = ident
+
+
+class ValidationError(AgentLoopError):
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ContextOverflowError(ValidationError):
+    def __init__(self, prompt_tokens: int, limit: int) -> None:
+        super().__init__(
+            f"prompt needs {prompt_tokens} tokens but the model's context allows {limit}; "
+            "shorten the conversation or start a new one",
+            field="messages",
+        )
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+
+
+class ToolError(AgentLoopError):
+    pass
+
+
+class InferenceError(AgentLoopError):
+    pass
+
+
+class EngineNotReadyError(InferenceError):
+    pass
+
+
+class StorageError(AgentLoopError):
+    pass

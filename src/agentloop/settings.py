@@ -1,0 +1,70 @@
+"""All configuration, read from AGENTLOOP_* environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTLOOP_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Holds the database, adapters, workspaces and logs.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "agentloop",
+        description="Slow-to-make artefacts shared across data dirs (the assembled GGUF), keyed by sha256.",
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in data_dir.")
+    model_path: Path | None = Field(None, description="A GGUF file; default: the bundled Gemma 3 270M.")
+    inference_backend: Literal["embedded"] = "embedded"
+    n_ctx: int = Field(4096, ge=512, le=32768, description="Context window of the embedded engine.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; default all cores.")
+    n_batch: int = Field(512, ge=32)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    auto_migrate: bool = Field(True, description="Apply Alembic migrations when the server starts.")
+    max_steps: int = Field(5, ge=1, le=20, description="Tool steps allowed per agent turn.")
+    max_tokens: int = Field(256, ge=1, description="Default reply length of a model call.")
+    max_message_chars: int = Field(16000, ge=1, description="Longest accepted user message.")
+    single_line_answers: bool = Field(
+        True,
+        description="End an answer at its first newline. The bundled base model never emits <end_of_turn>, "
+        "so without this it rambles on; turn off for models that end their turns.",
+    )
+    tool_timeout_s: float = Field(10.0, gt=0)
+    python_timeout_s: float = Field(10.0, gt=0)
+    python_memory_mb: int = Field(512, ge=64)
+    fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts fetch_url may read (comma-separated); empty = tool off."
+    )
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("fetch_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.resolved_data_dir / 'agentloop.db'}"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.resolved_data_dir / "workspaces"
+
+    @property
+    def threads(self) -> int:
+        return self.n_threads or os.cpu_count() or 1

@@ -1,0 +1,79 @@
+"""Hand-written fakes for the ports, wired through the real bootstrap in tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+
+from agentloop.application.ports import Completion, GenerationRequest, Token
+from agentloop.domain.model import Usage
+
+
+class FakeEngine:
+    """An InferenceEngine that replays scripted replies, a few characters per token.
+
+    A scripted exception is raised instead of a reply. Honours `max_tokens` (finish "length") and `stop`
+    (finish "stop") like the real engine; records every request, and counts streams abandoned mid-way.
+    """
+
+    def __init__(
+        self,
+        replies: Iterable[str | Exception] = (),
+        *,
+        model_version: str = "fake-1",
+        context_size: int = 4096,
+        chars_per_token: int = 4,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.replies = deque(replies)
+        self._version = model_version
+        self._context = context_size
+        self.chars_per_token = chars_per_token
+        self.delay_s = delay_s
+        self.requests: list[GenerationRequest] = []
+        self.abandoned = 0
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    @property
+    def context_size(self) -> int:
+        return self._context
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text) // 4
+
+    def script(self, *replies: str | Exception) -> None:
+        self.replies.extend(replies)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Token | Completion]:
+        self.requests.append(request)
+        if not self.replies:
+            raise AssertionError("FakeEngine has no scripted reply left")
+        reply = self.replies.popleft()
+        if isinstance(reply, Exception):
+            raise reply
+        text, finish = self._cut(reply, request)
+        pieces = [text[i : i + self.chars_per_token] for i in range(0, len(text), self.chars_per_token)]
+        finished = False
+        try:
+            for piece in pieces:
+                await asyncio.sleep(self.delay_s)
+                yield Token(piece)
+            usage = Usage(await self.count_tokens(request.prompt), len(pieces))
+            finished = True
+            yield Completion(text, usage, finish, self._version)
+        finally:
+            if not finished:
+                self.abandoned += 1
+
+    def _cut(self, text: str, request: GenerationRequest) -> tuple[str, str]:
+        for stop in request.stop:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        limit = request.max_tokens * self.chars_per_token
+        if len(text) > limit:
+            return text[:limit], "length"
+        return text, "stop"
