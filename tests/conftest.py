@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -87,3 +87,15 @@ async def sql_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sql_store(sql_engine: AsyncEngine) -> SqlStore:
     return SqlStore(create_sessionmaker(sql_engine))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CI: a skipped test is a failure when CI=true, so a missing service or tool cannot pass silently.
+# ----------------------------------------------------------------------------------------------------------
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {report.longrepr}"

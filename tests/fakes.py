@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from agentloop.application.ports import Completion, GenerationRequest, Token
-from agentloop.domain.model import Usage
+from agentloop.domain.events import Event
+from agentloop.domain.model import Agent, Conversation, Message, Usage
+from agentloop.errors import NotFoundError
 
 
 class FakeEngine:
@@ -77,3 +80,39 @@ class FakeEngine:
         if len(text) > limit:
             return text[:limit], "length"
         return text, "stop"
+
+
+class FakeStore:
+    """An in-memory ConversationStore."""
+
+    def __init__(self, agents: Iterable[Agent] = ()) -> None:
+        self.agents = {agent.id: agent for agent in agents}
+        self.conversations: dict[str, Conversation] = {}
+        self.events: list[Event] = []
+        self.commits = 0
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        if agent_id not in self.agents:
+            raise NotFoundError("agent", agent_id)
+        return self.agents[agent_id]
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        if conversation_id not in self.conversations:
+            raise NotFoundError("conversation", conversation_id)
+        stored = self.conversations[conversation_id]
+        return dataclasses.replace(stored, messages=list(stored.messages))
+
+    async def create_conversation(self, conversation: Conversation) -> None:
+        self.conversations[conversation.id] = dataclasses.replace(
+            conversation, messages=list(conversation.messages)
+        )
+
+    async def append(
+        self, conversation_id: str, messages: Sequence[Message], events: Sequence[Event] = ()
+    ) -> None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is None:
+            raise NotFoundError("conversation", conversation_id)
+        conversation.messages.extend(messages)
+        self.events.extend(events)
+        self.commits += 1

@@ -1,7 +1,6 @@
 """The CPU features llama.cpp cares about, read from /proc/cpuinfo, and the CMake options a CPU build needs.
 
-`cpu_flags`, `FLAG_OPTIONS` and `cmake_args` mirror scripts/llama_cmake_args.py, which stays standalone
-because it runs before agentloop is installed; tests/e2e/test_cli_inprocess.py checks that the two agree.
+Standard library only: scripts/llama_cmake_args.py loads this file by path before agentloop is installed.
 GGML_NATIVE=ON segfaults in the AMX kernels on some hosts (llama.cpp issue 20824), so native is always off.
 """
 

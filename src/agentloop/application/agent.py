@@ -187,31 +187,48 @@ class _Turn:
         self.usage = Usage()
         self.steps: list[tuple[ToolCall, ToolResult]] = []
         self.started = time.perf_counter()
+        self._step: ModelStep | None = None
 
     async def run(self) -> AsyncGenerator[TurnEvent, None]:
         for step in range(self.agent.max_steps + 1):
             # The last step, and any step after the model repeated a call, must answer: no endless tool loops.
             choice: ToolChoice = "auto" if step < self.agent.max_steps and not self._repeating() else "none"
-            model_step = ModelStep(
-                self.service.engine,
-                self.agent.system_prompt,
-                self.tools,
-                self.history,
-                self.agent.model_config,
-                choice,
-                single_line=self.service.single_line_answers,
-            )
-            async with aclosing(model_step.run()) as texts:
-                async for text in texts:
+            async for text in self._model(choice):
+                yield TokenStreamed(text)
+            completion, reply = self._outcome()
+            if isinstance(reply, ParsedCall) and reply.call and self._parrots(reply.call):
+                # A copy of a prompt demonstration is not a decision about this question: answer instead.
+                async for text in self._model("none"):
                     yield TokenStreamed(text)
-            assert model_step.outcome is not None
-            completion, reply = model_step.outcome.completion, model_step.outcome.reply
-            self.usage += completion.usage
+                completion, reply = self._outcome()
             if isinstance(reply, str):
                 yield await self._finish(reply, completion)
                 return
             async for event in self._tool_step(reply, completion):
                 yield event
+
+    async def _model(self, choice: ToolChoice) -> AsyncGenerator[str, None]:
+        self._step = ModelStep(
+            self.service.engine,
+            self.agent.system_prompt,
+            self.tools,
+            self.history,
+            self.agent.model_config,
+            choice,
+            single_line=self.service.single_line_answers,
+        )
+        async with aclosing(self._step.run()) as texts:
+            async for text in texts:
+                yield text
+
+    def _outcome(self) -> tuple[Completion, ParsedCall | str]:
+        assert self._step is not None and self._step.outcome is not None
+        self.usage += self._step.outcome.completion.usage
+        return self._step.outcome.completion, self._step.outcome.reply
+
+    def _parrots(self, call: ToolCall) -> bool:
+        examples = [tool.example for tool in self.tools if tool.name == call.name and tool.example]
+        return any(example.arguments == call.arguments for example in examples)
 
     def _repeating(self) -> bool:
         calls = [(call.name, json.dumps(call.arguments, sort_keys=True)) for call, _ in self.steps]

@@ -67,6 +67,8 @@ DIRECT_EXAMPLES: tuple[tuple[str, str], ...] = (
 
 def _examples(tools: Sequence[ToolSchema]) -> list[Message]:
     """Demonstration turns for the tools on offer: a base model follows patterns better than instructions."""
+    if not tools:
+        return []
     shots: list[Message] = []
     for question, answer in DIRECT_EXAMPLES:
         shots += [Message("", Role.USER, question), Message("", Role.ASSISTANT, answer)]

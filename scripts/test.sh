@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's second command (and what .ci/run runs): install test needs, run the quality gates and the whole
+# suite (unit, integration with the real model, SQLite and PostgreSQL, end-to-end against real processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh dev
+scripts/services.sh
+
+echo "==> ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+.venv/bin/pytest -p no:cacheprovider --cov=agentloop --cov-report=term --cov-report=xml:coverage.xml "$@"
+echo "==> coverage of domain/ and application/ (gate: 90%)"
+.venv/bin/coverage report --include='*/agentloop/domain/*,*/agentloop/application/*' --fail-under=90
