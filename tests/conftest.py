@@ -14,7 +14,11 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentloop.adapters.inference.llama import LlamaEngine
+from agentloop.adapters.model_files import ModelFile, ensure_model
 from agentloop.adapters.storage import SqlStore, create_engine, create_sessionmaker, upgrade
+from agentloop.errors import EngineNotReadyError
+from agentloop.settings import Settings
 
 # ----------------------------------------------------------------------------------------------------------
 # storage fixtures: a fresh, migrated database per test, SQLite (a file in tmp_path) and PostgreSQL
@@ -99,3 +103,60 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which counts as a failure: {report.longrepr}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# real model fixtures: the bundled Gemma 3 270M GGUF, assembled once into the shared model cache
+# (AGENTLOOP_CACHE_DIR, default ~/.cache/agentloop) so no test pays the assembly twice, and one LlamaEngine
+# for the whole session. Tests that use them are marked `model`.
+# ----------------------------------------------------------------------------------------------------------
+
+MODEL_N_CTX = 2048
+
+
+def model_unavailable(reason: str) -> NoReturn:
+    """Skip locally; in CI a missing model is a failure, never a silent skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("AGENTLOOP_CACHE_DIR") or Path.home() / ".cache" / "agentloop").expanduser()
+
+
+@pytest.fixture(scope="session")
+def model_file() -> ModelFile:
+    """The bundled GGUF (~1 s when already assembled)."""
+    try:
+        return ensure_model(None, model_cache_dir())
+    except EngineNotReadyError as exc:
+        model_unavailable(f"the bundled model is unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+async def llama_engine(model_file: ModelFile) -> AsyncIterator[LlamaEngine]:
+    """One loaded engine for the session: loading is cheap, but the tests share its KV cache and queue."""
+    engine = LlamaEngine(model_file.path, n_ctx=MODEL_N_CTX, n_threads=os.cpu_count() or 1)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+@pytest.fixture(scope="session")
+def model_settings(model_file: ModelFile) -> Callable[[Path], Settings]:
+    """Settings for a real-model bootstrap on `data_dir`: the shared model cache, SQLite, no .env file."""
+
+    def make(data_dir: Path) -> Settings:
+        return Settings(  # type: ignore[call-arg]
+            data_dir=data_dir,
+            cache_dir=model_cache_dir(),
+            database_url=None,
+            model_path=None,
+            n_ctx=MODEL_N_CTX,
+            _env_file=None,
+        )
+
+    return make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,3 +82,10 @@ async def complete(engine: InferenceEngine, request: GenerationRequest) -> Compl
         if isinstance(item, Completion):
             return item
     raise RuntimeError("engine stream ended without a Completion")
+
+
+class AdapterHost(Protocol):
+    """An engine that serves one model version (the base GGUF plus an optional LoRA adapter) and can switch
+    versions live: requests in flight finish on the old version, new ones use the new one."""
+
+    async def serve_version(self, version_id: str, adapter_path: Path | None) -> None: ...

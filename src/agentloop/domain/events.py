@@ -50,3 +50,37 @@ class ResponseGenerated(Event):
 class ConversationSaved(Event):
     conversation_id: str
     message_count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackGiven(Event):
+    conversation_id: str
+    message_id: str
+    rating: str | None
+    corrected: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingStarted(Event):
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingCompleted(Event):
+    job_id: str
+    version_id: str
+    promoted: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingFailed(Event):
+    job_id: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelUpdated(Event):
+    version_id: str
+    previous_version_id: str | None
+    reason: str
