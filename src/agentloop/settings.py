@@ -20,12 +20,12 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in data_dir.")
     model_path: Path | None = Field(None, description="A GGUF file; default: the bundled Gemma 3 270M.")
-    inference_backend: Literal["embedded"] = "embedded"
+    inference_backend: Literal["embedded"] = Field("embedded", description="Where the model runs.")
     n_ctx: int = Field(4096, ge=512, le=32768, description="Context window of the embedded engine.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; default all cores.")
-    n_batch: int = Field(512, ge=32)
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    n_batch: int = Field(512, ge=32, description="Prompt tokens llama.cpp evaluates per batch.")
+    host: str = Field("127.0.0.1", description="Address `agentloop serve` binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `agentloop serve` listens on.")
     auto_migrate: bool = Field(True, description="Apply Alembic migrations when the server starts.")
     max_steps: int = Field(5, ge=1, le=20, description="Tool steps allowed per agent turn.")
     max_tokens: int = Field(256, ge=1, description="Default reply length of a model call.")
@@ -35,14 +35,14 @@ class Settings(BaseSettings):
         description="End an answer at its first newline. The bundled base model never emits <end_of_turn>, "
         "so without this it rambles on; turn off for models that end their turns.",
     )
-    tool_timeout_s: float = Field(10.0, gt=0)
-    python_timeout_s: float = Field(10.0, gt=0)
-    python_memory_mb: int = Field(512, ge=64)
+    tool_timeout_s: float = Field(10.0, gt=0, description="Time limit of one tool call, in seconds.")
+    python_timeout_s: float = Field(10.0, gt=0, description="Wall-clock and CPU limit of the python tool.")
+    python_memory_mb: int = Field(512, ge=64, description="Address-space limit of the python tool.")
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts fetch_url may read (comma-separated); empty = tool off."
     )
-    log_level: str = "INFO"
-    log_json: bool = False
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")
 
     @field_validator("fetch_allowed_hosts", mode="before")
     @classmethod

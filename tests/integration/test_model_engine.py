@@ -96,20 +96,20 @@ async def test_a_shared_prompt_prefix_is_reused_from_the_kv_cache(llama_engine: 
 
 
 async def test_an_abandoned_stream_stops_generating(llama_engine: LlamaEngine) -> None:
-    stream = llama_engine.stream(GenerationRequest(COUNTING, max_tokens=200))
+    # Long enough that finishing it would take 20 s or more: the follow-up's wait tells the two apart even
+    # on a busy machine.
+    stream = llama_engine.stream(GenerationRequest(COUNTING, max_tokens=1000))
     seen = [await anext(stream), await anext(stream)]
     assert all(isinstance(item, Token) for item in seen)
     await stream.aclose()
 
     started = time.perf_counter()
     follow_up = await asyncio.wait_for(
-        complete(llama_engine, GenerationRequest("The capital of France is", max_tokens=3)), timeout=30
+        complete(llama_engine, GenerationRequest("The capital of France is", max_tokens=3)), timeout=60
     )
     waited = time.perf_counter() - started
     assert follow_up.usage.completion_tokens == 3
-    # The 198 tokens left of the abandoned reply take ~4 s at ~50 tokens/s on 2 cores; the follow-up
-    # needs a fraction of a second once the model thread has noticed the cancellation.
-    assert waited < 2.0, f"the follow-up waited {waited:.1f} s: the abandoned stream kept generating"
+    assert waited < 10.0, f"the follow-up waited {waited:.1f} s: the abandoned stream kept generating"
 
 
 async def test_concurrent_requests_queue_and_each_gets_its_own_reply(llama_engine: LlamaEngine) -> None:

@@ -9,6 +9,7 @@ prefix (system text, tool list, examples) stays in the KV cache between requests
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import queue
 import re
@@ -96,6 +97,7 @@ class LlamaEngine:
         self._jobs: queue.Queue[_Job | _Control | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._grammars: dict[str, Any] = {}
+        self._adapters: dict[str, Any] = {}
         self.loaded = threading.Event()
         self.load_error: BaseException | None = None
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0}
@@ -138,6 +140,42 @@ class LlamaEngine:
             raise EngineNotReadyError("the model is not loaded")
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
+    async def serve_version(self, version_id: str, adapter_path: Path | None) -> None:
+        """Hot swap: queued behind the requests already submitted, so those finish on the old version."""
+        await self.run_on_model_thread(lambda llm: self._swap(llm, version_id, adapter_path))
+
+    def _swap(self, llm: Any, version_id: str, adapter_path: Path | None) -> None:
+        from llama_cpp import llama_cpp as C
+
+        if adapter_path is None:
+            result = C.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+        else:
+            adapter = self._adapter(llm, adapter_path)
+            adapters = (C.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(1.0)
+            result = C.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales)
+        if result != 0:
+            raise InferenceError(f"llama.cpp refused the adapter for version {version_id} (code {result})")
+        # The KV cache holds activations computed under the old weights: drop it.
+        llm.reset()
+        C.llama_memory_clear(C.llama_get_memory(llm._ctx.ctx), True)
+        self._version = version_id
+        self.stats["swaps"] = self.stats.get("swaps", 0) + 1
+
+    def _adapter(self, llm: Any, path: Path) -> Any:
+        # Loaded adapters stay in memory (a few MB each), so rolling back is instant.
+        from llama_cpp import llama_cpp as C
+
+        key = str(path.resolve())
+        if key not in self._adapters:
+            if not path.is_file():
+                raise InferenceError(f"adapter file {path} does not exist")
+            adapter = C.llama_adapter_lora_init(llm._model.model, key.encode("utf-8"))
+            if not adapter:
+                raise InferenceError(f"llama.cpp could not load the adapter {path}")
+            self._adapters[key] = adapter
+        return self._adapters[key]
+
     async def run_on_model_thread(self, action: Callable[[Any], Any]) -> Any:
         """Run `action(llama)` on the model thread after the requests queued before it."""
         loop = asyncio.get_running_loop()
@@ -176,7 +214,16 @@ class LlamaEngine:
                 self._control(job)
             elif not job.cancel.is_set():
                 self._serve(job)
+        self._free_adapters()
         self._llm.close()
+
+    def _free_adapters(self) -> None:
+        from llama_cpp import llama_cpp as C
+
+        C.llama_set_adapters_lora(self._llm._ctx.ctx, None, 0, None)
+        for adapter in self._adapters.values():
+            C.llama_adapter_lora_free(adapter)
+        self._adapters.clear()
 
     def _load(self) -> None:
         from llama_cpp import Llama

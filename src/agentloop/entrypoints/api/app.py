@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from agentloop.adapters.logs import configure_logging
 from agentloop.bootstrap import bootstrap
 from agentloop.entrypoints.api import health, native, openai, ws
 from agentloop.entrypoints.api.errors import install_error_handlers
@@ -21,8 +22,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Settings() reads the environment; mypy cannot see that every field has a default.
-        async with bootstrap(settings or Settings(), **overrides) as container:  # type: ignore[call-arg]
+        resolved = settings or Settings()
+        configure_logging(resolved.log_level, resolved.log_json)
+        async with bootstrap(resolved, **overrides) as container:
             app.state.container = container
             try:
                 yield

@@ -1,0 +1,1 @@
+"""Benchmarks for agentloop: our engine and agent loop against baselines, measured interleaved (A/B rounds)."""
