@@ -1,1 +1,1 @@
-"""Benchmarks for agentloop: our engine and agent loop against baselines, measured interleaved (A/B rounds)."""
+"""Benchmarks for agentloop: our engine and agent loop against baselines, in interleaved A/B rounds."""

@@ -1,6 +1,10 @@
-"""Print the Markdown table of every AGENTLOOP_ setting (pasted into the README; a test keeps them in sync)."""
+"""Print the Markdown table of every AGENTLOOP_ setting; `--write` puts it into the README between its markers
+(a test checks that the README names every setting)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from agentloop.settings import Settings
 
@@ -16,5 +20,17 @@ def rows() -> list[str]:
     return lines
 
 
+def write_readme(path: Path) -> None:
+    text = path.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}\n" + "\n".join(rows()) + f"\n{END}{tail}")
+
+
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
 if __name__ == "__main__":
-    print("\n".join(rows()))
+    if "--write" in sys.argv:
+        write_readme(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        print("\n".join(rows()))

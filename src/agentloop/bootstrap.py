@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from agentloop.adapters.learning import (
+    EngineEvaluator,
+    StoredDatasetSource,
+    SubprocessTrainer,
+    hyperparameters,
+)
 from agentloop.adapters.model_files import ModelFile
+from agentloop.adapters.queue import HueyQueue, make_huey
 from agentloop.adapters.storage.database import create_engine, upgrade
+from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.adapters.storage.repository import SqlStore
 from agentloop.adapters.tools import builtin_tools
 from agentloop.application.agent import AgentService
+from agentloop.application.learning.registry import ModelRegistry, RecordOnlyHost, adapter_host_of
+from agentloop.application.learning.service import LearningConfig, LearningService
 from agentloop.application.ports import InferenceEngine
 from agentloop.application.tools import ToolRegistry
 from agentloop.domain.model import Agent, ModelConfig
@@ -33,6 +43,10 @@ class Container:
     agents: AgentService
     model_file: ModelFile | None
     default_agent: Agent
+    learning_store: SqlLearningStore
+    registry: ModelRegistry
+    learning: LearningService
+    queue: HueyQueue
 
 
 async def start_embedded_engine(settings: Settings) -> tuple[InferenceEngine, ModelFile]:
@@ -74,17 +88,22 @@ async def ensure_default_agent(store: SqlStore, settings: Settings, tools: ToolR
 
 
 @asynccontextmanager
-async def bootstrap(settings: Settings, **overrides: Any) -> AsyncIterator[Container]:
-    """Build the application; `overrides` replace parts by name (engine, tools) for tests."""
+async def bootstrap(
+    settings: Settings, *, follow_versions: bool = True, **overrides: Any
+) -> AsyncIterator[Container]:
+    """Build the application; `overrides` replace parts by name (engine, tools) for tests. With
+    `follow_versions` the engine keeps serving whatever version the database says is promoted."""
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     if settings.auto_migrate:
         await asyncio.to_thread(upgrade, url)
     database = create_engine(url)
-    store = SqlStore(async_sessionmaker(database, expire_on_commit=False))
+    sessions = async_sessionmaker(database, expire_on_commit=False)
+    store = SqlStore(sessions)
     tools: ToolRegistry = overrides.get("tools") or ToolRegistry(builtin_tools(settings))
     engine: InferenceEngine | None = overrides.get("engine")
-    model_file: ModelFile | None = None
+    model_file: ModelFile | None = overrides.get("model_file")
+    follow: asyncio.Task[None] | None = None
     try:
         if engine is None:
             engine, model_file = await start_embedded_engine(settings)
@@ -97,9 +116,89 @@ async def bootstrap(settings: Settings, **overrides: Any) -> AsyncIterator[Conta
             settings.max_message_chars,
             settings.single_line_answers,
         )
-        yield Container(settings, engine, store, database, tools, agents, model_file, agent)
+        learning_store = SqlLearningStore(sessions)
+        host = adapter_host_of(engine)
+        registry = ModelRegistry(learning_store, host or RecordOnlyHost())
+        if model_file is not None:
+            await registry.ensure_base(model_file.sha256)
+        if host is not None and follow_versions:
+            await registry.sync_host()
+            follow = asyncio.create_task(registry.follow(settings.version_poll_s))
+        queue = HueyQueue(make_huey(settings), lambda job_id: run_job_in_worker(settings, job_id))
+        learning = build_learning(settings, engine, tools, learning_store, store, registry, model_file, queue)
+        yield Container(
+            settings,
+            engine,
+            store,
+            database,
+            tools,
+            agents,
+            model_file,
+            agent,
+            learning_store,
+            registry,
+            learning,
+            queue,
+        )
     finally:
+        if follow is not None:
+            follow.cancel()
+            with suppress(asyncio.CancelledError):
+                await follow
         close = getattr(engine, "close", None)
         if close is not None:
             await close()
         await database.dispose()
+
+
+def build_learning(
+    settings: Settings,
+    engine: InferenceEngine,
+    tools: ToolRegistry,
+    learning_store: SqlLearningStore,
+    store: SqlStore,
+    registry: ModelRegistry,
+    model_file: ModelFile | None,
+    queue: HueyQueue,
+) -> LearningService:
+    host = adapter_host_of(engine) or RecordOnlyHost()
+    base_path = model_file.path if model_file else settings.cache_dir
+    base_sha = model_file.sha256 if model_file else "unknown"
+    evaluator = EngineEvaluator(
+        engine,
+        host,
+        learning_store,
+        tools,
+        settings.workspace_dir / "eval",
+        settings.eval_suites,
+        settings.eval_max_items_per_suite,
+        settings.single_line_answers,
+    )
+    config = LearningConfig(
+        data_dir=settings.resolved_data_dir,
+        base_sha256=base_sha,
+        min_examples=settings.train_min_examples,
+        min_interval_s=settings.train_min_interval_s,
+        hyperparameters=hyperparameters(settings),
+        min_gain=settings.gate_min_gain,
+        max_regression=settings.gate_max_regression,
+    )
+    return LearningService(
+        learning_store,
+        StoredDatasetSource(learning_store, store, tools),
+        SubprocessTrainer(base_path, base_sha, settings.cache_dir, settings.threads),
+        evaluator,
+        registry,
+        config,
+        queue,
+    )
+
+
+def run_job_in_worker(settings: Settings, job_id: str) -> None:
+    """The queue task: a fresh container (own engine, used for evaluation) runs one training job."""
+
+    async def run() -> None:
+        async with bootstrap(settings, follow_versions=False) as container:
+            await container.learning.run(job_id)
+
+    asyncio.run(run())

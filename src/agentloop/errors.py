@@ -5,7 +5,9 @@ AgentLoopError
 ├── NotFoundError            unknown agent, conversation, message, model version (HTTP 404)
 ├── ValidationError          bad input from a caller: out-of-range parameter, unknown tool (HTTP 422)
 │   └── ContextOverflowError the prompt does not fit the model's context window (HTTP 413)
+├── ConflictError            the request clashes with the current state: a job already running (HTTP 409)
 ├── ToolError                a tool failed or timed out; becomes an observation for the model, never a crash
+├── TrainingError            a training job failed: too few examples, the trainer process crashed
 ├── InferenceError           the inference backend failed (HTTP 503)
 │   └── EngineNotReadyError  the model is not loaded (yet) (HTTP 503)
 └── StorageError             the database failed (HTTP 503)
@@ -42,7 +44,15 @@ class ContextOverflowError(ValidationError):
         self.limit = limit
 
 
+class ConflictError(AgentLoopError):
+    pass
+
+
 class ToolError(AgentLoopError):
+    pass
+
+
+class TrainingError(AgentLoopError):
     pass
 
 

@@ -41,10 +41,33 @@ class Settings(BaseSettings):
     fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts fetch_url may read (comma-separated); empty = tool off."
     )
+    redis_url: str | None = Field(
+        None, description="Redis for the distributed job queue (redis://host:6379/0); default: SQLite queue."
+    )
+    embedded_worker: bool = Field(True, description="`agentloop serve` also runs the training worker.")
+    version_poll_s: float = Field(2.0, gt=0, description="How often a server checks which version to serve.")
+    train_min_examples: int = Field(
+        20, ge=1, description="Usable new examples (rated up / corrected) that trigger a training job."
+    )
+    train_min_interval_s: float = Field(3600.0, ge=0, description="Least time between triggered jobs.")
+    train_max_steps: int = Field(60, ge=1, description="Optimizer steps of one training job.")
+    train_batch_size: int = Field(4, ge=1, description="Examples per training step.")
+    train_learning_rate: float = Field(2e-4, gt=0, description="LoRA learning rate.")
+    train_lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    gate_min_gain: float = Field(
+        0.02, ge=0, description="Held-out accuracy a candidate must gain over the serving version."
+    )
+    gate_max_regression: float = Field(0.05, ge=0, description="Largest accuracy loss allowed on any suite.")
+    eval_suites: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Suites the gate evaluates (comma-separated); empty = all."
+    )
+    eval_max_items_per_suite: int = Field(
+        0, ge=0, description="Held-out items per suite the gate runs (0 = all); fewer is faster, noisier."
+    )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")
 
-    @field_validator("fetch_allowed_hosts", mode="before")
+    @field_validator("fetch_allowed_hosts", "eval_suites", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):

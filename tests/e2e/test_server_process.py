@@ -29,7 +29,7 @@ pytestmark = pytest.mark.model
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-TURN_TIMEOUT_S = 180.0
+TURN_TIMEOUT_S = 240.0  # under pytest's 300 s; a busy 2-core machine slows turns tenfold
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -109,12 +109,29 @@ class Server:
         return self.process.returncode
 
 
+def assert_clean_exit(server: Server, code: int) -> None:
+    """A graceful shutdown; uvicorn re-raises the SIGTERM it handled afterwards, so -SIGTERM counts too."""
+    log = server.log.read_text(errors="replace")
+    assert code in (0, -signal.SIGTERM), f"exit code {code}\n{server.log_tail()}"
+    assert "Application shutdown complete" in log, server.log_tail()
+    assert "Traceback" not in log and "ERROR" not in log, server.log_tail()
+
+
 def start_server(data_dir: Path, cache_dir: Path, name: str = "server") -> Server:
     port = free_port()
     log = data_dir.parent / f"{name}-{port}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [*agentloop_command(), "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                *agentloop_command(),
+                "--data-dir",
+                str(data_dir),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             env=process_env(data_dir, cache_dir),
             cwd=data_dir.parent,  # no developer .env file is picked up
             stdout=sink,
@@ -165,7 +182,9 @@ def server(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture
 def oai(server: Server) -> Iterator[OpenAI]:
-    with OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TURN_TIMEOUT_S) as client:
+    with OpenAI(
+        base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TURN_TIMEOUT_S
+    ) as client:
         yield client
 
 
@@ -250,7 +269,8 @@ def test_websocket_turn_streams_the_calculator_step_and_the_answer(server: Serve
     result = next(event for event in events if event["type"] == "tool_result")
     assert kinds.index("tool_call") < kinds.index("tool_result")
     assert call["name"] == "calculator" and "expression" in call["arguments"]
-    assert (result["id"], result["name"], result["output"], result["ok"]) == (call["id"], "calculator", "84", True)
+    assert (result["id"], result["name"], result["ok"]) == (call["id"], "calculator", True)
+    assert result["output"] == "84"
     assert "84" in events[-1]["answer"]
     assert events[-1]["steps"][0]["result"] == "84"
 
@@ -295,10 +315,10 @@ def test_conversations_survive_a_server_restart(launch: Callable[[Path], Server]
     )
     assert response.status_code == 200, f"{response.text}\n{first.log_tail()}"
     before = get_conversation(first, conversation_id)
-    assert [m["role"] for m in before["messages"]][0] == "user"
+    assert before["messages"][0]["role"] == "user"
     assert before["messages"][-1]["id"] == response.json()["message_id"]
 
-    assert first.stop() == 0, first.log_tail()
+    assert_clean_exit(first, first.stop())
 
     second = launch(data_dir)
     after = get_conversation(second, conversation_id)

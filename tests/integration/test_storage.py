@@ -27,7 +27,16 @@ from agentloop.domain.model import (
 )
 from agentloop.errors import NotFoundError, StorageError, ValidationError
 
-TABLES = {"agents", "conversations", "messages", "events"}
+TABLES = {
+    "agents",
+    "conversations",
+    "messages",
+    "events",
+    "feedback",
+    "model_versions",
+    "training_jobs",
+    "datasets",
+}
 BASE_TIME = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
@@ -124,7 +133,7 @@ async def test_migrations_create_tables_and_upgrade_is_idempotent(database_url: 
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
             versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars()
-            assert list(versions) == ["0001"]
+            assert list(versions) == ["0002"]
     finally:
         await engine.dispose()
     assert tables == TABLES | {"alembic_version"}

@@ -12,6 +12,7 @@ import importlib
 import os
 import platform
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -34,6 +35,7 @@ from agentloop.adapters.storage.database import create_engine, ping, upgrade
 from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
+from agentloop.entrypoints.cli_learning import register as register_learning
 from agentloop.entrypoints.cli_render import (
     Check,
     TurnPrinter,
@@ -48,6 +50,7 @@ from agentloop.entrypoints.cli_render import (
     print_error,
     turn_json,
 )
+from agentloop.entrypoints.cli_training import register as register_training
 from agentloop.errors import AgentLoopError, EngineNotReadyError, NotFoundError, ValidationError
 from agentloop.settings import Settings
 
@@ -81,6 +84,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
 conversations_app = typer.Typer(no_args_is_help=True, help="Stored conversations.")
 app.add_typer(db_app, name="db")
 app.add_typer(conversations_app, name="conversations")
+register_learning(app)
+register_training(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ConversationOption = Annotated[
@@ -180,7 +185,20 @@ def serve(
         port=port or settings.port,
         log_level=settings.log_level.lower(),
     )
-    AnnouncingServer(config).run()
+    worker = start_worker(wired) if settings.embedded_worker and not wired.overrides else None
+    try:
+        AnnouncingServer(config).run()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def start_worker(wired: Wiring) -> subprocess.Popen[bytes]:
+    """The training worker beside the server, so the one-command setup learns too (a separate process:
+    training never runs in the API process)."""
+    command = [sys.executable, "-m", "agentloop.entrypoints.cli", "--data-dir", str(wired.settings.data_dir)]
+    return subprocess.Popen([*command, "worker"])
 
 
 @db_app.command("upgrade")

@@ -1,4 +1,5 @@
-"""SQLAlchemy tables for agents, conversations, messages and events. Migrations mirror these by hand."""
+"""SQLAlchemy tables for agents, conversations, messages, events and the learning loop (feedback, model
+versions, training jobs, datasets). Migrations mirror these by hand."""
 
 from __future__ import annotations
 
@@ -116,3 +117,58 @@ class EventRow(Base):
     conversation_id: Mapped[str | None] = mapped_column(String(64), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(json_type())
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+# --- learning loop ------------------------------------------------------------------------------------------
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str] = mapped_column(String(64), index=True)
+    rating: Mapped[str | None] = mapped_column(String(16))
+    correction: Mapped[str | None] = mapped_column(Text)
+    correction_call: Mapped[dict[str, Any] | None] = mapped_column(json_type(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    parent_id: Mapped[str | None] = mapped_column(String(64))
+    base_sha256: Mapped[str] = mapped_column(String(64))
+    adapter_path: Mapped[str | None] = mapped_column(Text)
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64))
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(json_type())
+    metrics: Mapped[dict[str, Any]] = mapped_column(json_type())
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TrainingJobRow(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(json_type())
+    progress: Mapped[dict[str, Any]] = mapped_column(json_type())
+    error: Mapped[str | None] = mapped_column(Text)
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    counts: Mapped[dict[str, Any]] = mapped_column(json_type())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

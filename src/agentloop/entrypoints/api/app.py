@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from agentloop.adapters.logs import configure_logging
 from agentloop.bootstrap import bootstrap
-from agentloop.entrypoints.api import health, native, openai, ws
+from agentloop.entrypoints.api import health, learning, native, openai, ws
 from agentloop.entrypoints.api.errors import install_error_handlers
 from agentloop.settings import Settings
 
@@ -40,6 +40,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
         docs_url="/docs",
     )
     install_error_handlers(app)
-    for router in (native.router, ws.router, openai.router, health.router):
+    for router in (native.router, learning.router, ws.router, openai.router, health.router):
         app.include_router(router)
     return app

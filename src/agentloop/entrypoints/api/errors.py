@@ -18,10 +18,12 @@ from starlette.exceptions import HTTPException
 
 from agentloop.errors import (
     AgentLoopError,
+    ConflictError,
     ContextOverflowError,
     InferenceError,
     NotFoundError,
     StorageError,
+    TrainingError,
     ValidationError,
 )
 
@@ -33,7 +35,9 @@ OPENAI_PREFIX = "/v1/"
 # Looked up along the exception's MRO, so subclasses (EngineNotReadyError) inherit their parent's status.
 STATUS: dict[type[AgentLoopError], int] = {
     NotFoundError: 404,
+    ConflictError: 409,
     ContextOverflowError: 413,
+    TrainingError: 422,
     ValidationError: 422,
     InferenceError: 503,
     StorageError: 503,

@@ -1,0 +1,37 @@
+"""The job queue: Huey, on SQLite in the data dir (embedded) or on Redis (AGENTLOOP_REDIS_URL) for several
+API replicas and a separate worker machine. Tasks are registered on the instance a factory builds, never at
+import time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from huey import Huey, RedisHuey, SqliteHuey
+
+from agentloop.settings import Settings
+
+TRAIN_TASK = "train"
+
+
+def make_huey(settings: Settings) -> Huey:
+    if settings.redis_url:
+        return RedisHuey("agentloop", url=settings.redis_url, utc=True)
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey("agentloop", filename=str(settings.resolved_data_dir / "queue.db"), utc=True)
+
+
+class HueyQueue:
+    """Enqueues training jobs by id; `agentloop worker` consumes them."""
+
+    def __init__(self, huey: Huey, run_job: Callable[[str], Any]) -> None:
+        self.huey = huey
+        self._task = huey.task(name=TRAIN_TASK, retries=0)(run_job)
+
+    def enqueue(self, job_id: str) -> None:
+        self._task(job_id)
+
+    def consume(self) -> None:
+        """Run the consumer in this process until it is interrupted (one job at a time)."""
+        consumer = self.huey.create_consumer(workers=1, worker_type="thread", periodic=False)
+        consumer.run()
