@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/install.sh
 echo "==> preparing the model and the database"
 .venv/bin/agentloop db upgrade
+.venv/bin/agentloop prepare
 .venv/bin/agentloop doctor
 echo "==> starting the server (Ctrl-C stops it)"
 exec .venv/bin/agentloop serve "$@"

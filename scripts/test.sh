@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh dev
 scripts/services.sh
+echo "==> preparing the model and the training base (cached after the first run)"
+.venv/bin/agentloop prepare
+
+MARKERS=()
+if [ "${1:-}" = "--all" ]; then shift; MARKERS=(-m "slow or not slow"); fi
 
 echo "==> ruff"
 .venv/bin/ruff check .
@@ -12,6 +17,7 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"
-.venv/bin/pytest -p no:cacheprovider --cov=agentloop --cov-report=term --cov-report=xml:coverage.xml "$@"
+.venv/bin/pytest -p no:cacheprovider --cov=agentloop --cov-report=term --cov-report=xml:coverage.xml \
+    "${MARKERS[@]}" "$@"
 echo "==> coverage of domain/ and application/ (gate: 90%)"
 .venv/bin/coverage report --include='*/agentloop/domain/*,*/agentloop/application/*' --fail-under=90

@@ -104,6 +104,7 @@ async def bootstrap(
     engine: InferenceEngine | None = overrides.get("engine")
     model_file: ModelFile | None = overrides.get("model_file")
     follow: asyncio.Task[None] | None = None
+    owns_engine = engine is None
     try:
         if engine is None:
             engine, model_file = await start_embedded_engine(settings)
@@ -145,7 +146,7 @@ async def bootstrap(
             follow.cancel()
             with suppress(asyncio.CancelledError):
                 await follow
-        close = getattr(engine, "close", None)
+        close = getattr(engine, "close", None) if owns_engine else None
         if close is not None:
             await close()
         await database.dispose()

@@ -196,6 +196,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_adapter(
     trained: tuple, spec_for: Any, tmp_path: Path
 ) -> None:
@@ -239,6 +240,7 @@ def test_should_stop_cancels_after_a_checkpoint(spec_for: Any, tmp_path: Path) -
     assert not spec.peft_dir.exists()
 
 
+@pytest.mark.slow
 async def test_the_training_process_streams_progress_cancels_on_sigterm_and_resumes(
     spec_for: Any, tmp_path: Path
 ) -> None:

@@ -197,7 +197,7 @@ def serve(
 def start_worker(wired: Wiring) -> subprocess.Popen[bytes]:
     """The training worker beside the server, so the one-command setup learns too (a separate process:
     training never runs in the API process)."""
-    command = [sys.executable, "-m", "agentloop.entrypoints.cli", "--data-dir", str(wired.settings.data_dir)]
+    command = [sys.executable, "-m", "agentloop", "--data-dir", str(wired.settings.data_dir)]
     return subprocess.Popen([*command, "worker"])
 
 

@@ -24,10 +24,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document 
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train`, `worker` and `eval` to the `agentloop` command."""
+    """Add `train`, `worker`, `eval` and `prepare` to the `agentloop` command."""
     app.command()(train)
     app.command()(worker)
     app.command("eval")(evaluate)
+    app.command()(prepare)
 
 
 def _wiring(ctx: typer.Context) -> Wiring:
@@ -169,3 +170,15 @@ async def _evaluate(ctx: typer.Context, suites: list[str], version_id: str | Non
         if version is None:
             raise typer.BadParameter("no model version is registered")
         return await evaluator.evaluate(version)
+
+
+def prepare(ctx: typer.Context) -> None:
+    """Assemble the bundled model and de-quantize it once for training (cached by sha256; ~3 min first)."""
+    from agentloop.adapters.model_files import ensure_model
+    from agentloop.adapters.training.base_model import prepare_base
+
+    settings = _wiring(ctx).settings
+    model = ensure_model(settings.model_path, settings.cache_dir)
+    out().print(f"model: {model.path} (sha256 {model.sha256[:16]})")
+    base = prepare_base(model.path, model.sha256, settings.cache_dir)
+    out().print(f"training base: {base}")

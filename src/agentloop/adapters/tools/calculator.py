@@ -206,7 +206,9 @@ def calculator_tool(timeout_s: float) -> Tool:
         description="Evaluate an arithmetic expression exactly, like 17 * 23 or sqrt(2) / 3.",
         parameters={
             "type": "object",
-            "properties": {"expression": {"type": "string", "description": "Arithmetic to evaluate."}},
+            "properties": {
+                "expression": {"type": "string", "maxLength": 100, "description": "Arithmetic to evaluate."}
+            },
             "required": ["expression"],
             "additionalProperties": False,
         },

@@ -1,0 +1,107 @@
+"""One tiny real learning cycle on the real 270M model: conversations + corrections -> dataset -> LoRA
+(2 steps, subprocess) -> GGUF adapter -> evaluation of both versions -> gate -> registry -> hot swap; then
+promote / rollback while requests are running, with no failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agentloop.adapters.learning import EngineEvaluator
+from agentloop.bootstrap import bootstrap
+from agentloop.domain.learning import BASE_VERSION, Feedback, JobStatus, Rating, VersionStatus
+from agentloop.domain.model import Conversation, Role
+from agentloop.settings import Settings
+
+pytestmark = [pytest.mark.model, pytest.mark.training, pytest.mark.timeout(900)]
+
+QUESTIONS = ["What is 12*7?", "What is 250 / 4?", "What is 99 * 3?", "What is 45 + 17?"]
+
+
+async def test_a_tiny_cycle_trains_gates_registers_and_hot_swaps(
+    model_settings: Callable[[Path], Settings], tmp_path: Path
+) -> None:
+    settings = model_settings(tmp_path).model_copy(
+        update={
+            "train_max_steps": 2,
+            "train_batch_size": 2,
+            "train_learning_rate": 1e-3,
+            "n_threads": 1,
+            "eval_suites": ["arithmetic"],
+            "eval_max_items_per_suite": 1,
+            # The gate itself is unit-tested; here it must let the candidate through so swap is exercised.
+            "gate_min_gain": -1.0,
+            "gate_max_regression": 1.0,
+        }
+    )
+    async with bootstrap(settings, follow_versions=False) as container:
+        for question in QUESTIONS:
+            conversation = Conversation(container.default_agent.id)
+            await container.store.create_conversation(conversation)
+            outcome = await container.agents.ask(conversation.id, question)
+            await container.learning_store.add_feedback(
+                Feedback(outcome.message.id, conversation.id, rating=Rating.UP, correction=None)
+            )
+        assert await container.learning.datasets.usable_examples_since(None) >= len(QUESTIONS)
+
+        job = await container.learning.submit({"min_examples": 2})
+        progress: list[dict[str, object]] = []
+
+        async def record(update: object) -> None:
+            progress.append(dict(update))  # type: ignore[call-overload]
+
+        finished = await container.learning.run(job.id, record)
+
+        assert finished.status == JobStatus.COMPLETED, finished.error
+        stages = {p.get("stage") for p in progress}
+        assert {"dataset", "train", "evaluate", "gate"} <= stages
+        assert any("loss" in p for p in progress)
+        version = await container.learning_store.get_version(finished.version_id or "")
+        assert version.status == VersionStatus.PROMOTED
+        assert version.adapter_path and Path(version.adapter_path).is_file()
+        assert version.parent_id == BASE_VERSION and version.dataset_hash
+        assert "evaluation" in version.metrics and "serving_evaluation" in version.metrics
+        assert container.engine.model_version == version.id
+
+        conversation = Conversation(container.default_agent.id)
+        await container.store.create_conversation(conversation)
+        answered = await container.agents.ask(conversation.id, "What is 6*7?")
+        assert answered.message.model_version == version.id
+
+        await swap_under_load(container, version.id)
+
+
+async def swap_under_load(container: object, version_id: str) -> None:
+    """Promote and roll back while turns are running: none fails, each records the version that answered."""
+    registry = container.registry  # type: ignore[attr-defined]
+    agents = container.agents  # type: ignore[attr-defined]
+    store = container.store  # type: ignore[attr-defined]
+    agent = container.default_agent  # type: ignore[attr-defined]
+
+    async def one_turn(text: str) -> str:
+        conversation = Conversation(agent.id)
+        await store.create_conversation(conversation)
+        return (await agents.ask(conversation.id, text)).message.model_version or ""
+
+    turns = [asyncio.create_task(one_turn(f"What is {n} + {n}?")) for n in range(4)]
+    await asyncio.sleep(0.5)
+    await registry.rollback()
+    await registry.promote(version_id)
+    await registry.rollback()
+    versions = await asyncio.gather(*turns)
+    assert all(v in (version_id, BASE_VERSION) for v in versions)
+    assert container.engine.model_version == BASE_VERSION  # type: ignore[attr-defined]
+    stored = await store.get_conversation((await store.list_conversations(1, 0))[0][0].id)
+    assert all(m.model_version for m in stored.messages if m.role == Role.ASSISTANT)
+
+
+def test_evaluator_picks_items_per_suite() -> None:
+    evaluator = EngineEvaluator.__new__(EngineEvaluator)
+    evaluator.suites, evaluator.max_items, evaluator.split = ["arithmetic", "units"], 2, "heldout"
+    items = evaluator.items()
+    assert len(items) == 4 and {i.suite for i in items} == {"arithmetic", "units"}
+    assert dataclasses.is_dataclass(items[0])
