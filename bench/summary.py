@@ -23,6 +23,10 @@ def _number(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+
+
 def _verdict(passed: bool | None) -> str:
     return "—" if passed is None else "PASS" if passed else "FAIL"
 
@@ -58,7 +62,7 @@ def render() -> str:
         for row in doc["rows"]:
             lines.append(
                 f"| {row['benchmark']} | {_number(row['ours'], row['unit'])} "
-                f"| {_number(row['baseline'], row['unit'])} | {_number(row['ratio'])} "
+                f"| {_number(row['baseline'], row['unit'])} | {_ratio(row['ratio'])} "
                 f"| {row['target']} | {_verdict(row['passed'])} |"
             )
     notes = [note for doc in documents for note in doc.get("notes", [])]

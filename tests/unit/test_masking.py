@@ -116,6 +116,7 @@ def spaced_expressions(draw: st.DrawFn) -> str:
 @given(equations())
 @example("1234 * 5678 = 7006652")
 @example("555-123-4567 = -4135")
+@example("200.100-1000.0 = 0.0")
 def test_equations_are_unchanged(text: str) -> None:
     assert mask(text) == text
 

@@ -198,7 +198,16 @@ def start_worker(wired: Wiring) -> subprocess.Popen[bytes]:
     """The training worker beside the server, so the one-command setup learns too (a separate process:
     training never runs in the API process)."""
     command = [sys.executable, "-m", "agentloop", "--data-dir", str(wired.settings.data_dir)]
-    return subprocess.Popen([*command, "worker"])
+    return subprocess.Popen([*command, "worker"], preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    # If the server is killed outright (SIGKILL) its worker must not live on as an orphan.
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @db_app.command("upgrade")

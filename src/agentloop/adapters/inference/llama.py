@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import math
 import queue
 import re
 import threading
@@ -285,6 +286,9 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class _Generation:
     """One request on the model thread: decide under the grammar, then continue freely."""
 
+    # Off only for bench/: the full-vocabulary grammar of llama-cpp-python, as a baseline.
+    greedy_grammar_check = True
+
     def __init__(self, engine: LlamaEngine, job: _Job) -> None:
         self.engine = engine
         self.llm = engine._llm
@@ -327,34 +331,48 @@ class _Generation:
 
     def _decode(self, prompt: list[int], grammar: Any, switch_to_free: bool) -> bool:
         """Generate until done (True) or until the text branch is chosen and the grammar can go (False)."""
+        from llama_cpp import LogitsProcessorList
         from llama_cpp import llama_cpp as C
 
         req = self.req
         vocab = self.llm._model.vocab
-        for token in self.llm.generate(
-            prompt + self.out,
-            temp=req.temperature,
-            top_p=req.top_p,
-            top_k=0 if req.temperature else 1,
-            min_p=0.0,
-            repeat_penalty=1.0,
-            reset=True,
-            grammar=grammar,
-        ):
-            if self.job.cancel.is_set():
-                return True
-            if C.llama_vocab_is_eog(vocab, token):
-                self.finish = "stop"
-                return True
-            self.out.append(token)
-            if self._advance():
-                return True
-            if len(self.out) >= req.max_tokens:
-                self.finish = "length"
-                return True
-            if switch_to_free and req.constraint and not _may_be_call(self.text, req.constraint.call_prefix):
-                return False
-        return True
+        checked = grammar is not None and not req.temperature and self.greedy_grammar_check
+        greedy = _GreedyGrammar(self.llm, grammar) if checked else None
+        try:
+            for token in self.llm.generate(
+                prompt + self.out,
+                temp=req.temperature,
+                top_p=req.top_p,
+                top_k=0 if req.temperature else 1,
+                min_p=0.0,
+                repeat_penalty=1.0,
+                reset=True,
+                grammar=None if greedy else grammar,
+                logits_processor=LogitsProcessorList([greedy]) if greedy else None,
+            ):
+                if greedy:
+                    greedy.accept(token)
+                if self.job.cancel.is_set():
+                    return True
+                if C.llama_vocab_is_eog(vocab, token):
+                    self.finish = "stop"
+                    return True
+                self.out.append(token)
+                if self._advance():
+                    return True
+                if len(self.out) >= req.max_tokens:
+                    self.finish = "length"
+                    return True
+                if (
+                    switch_to_free
+                    and req.constraint
+                    and not _may_be_call(self.text, req.constraint.call_prefix)
+                ):
+                    return False
+            return True
+        finally:
+            if greedy:
+                greedy.close()
 
     def _advance(self) -> bool:
         """Decode the new token, emit what is safe to show, and report whether a stop sequence ended it."""
@@ -389,3 +407,47 @@ class _Generation:
             duration_ms=(now - self.started) * 1000.0,
             ttft_ms=(first - self.started) * 1000.0,
         )
+
+
+class _GreedyGrammar:
+    """Grammar enforcement for greedy decoding as a logits processor: check only the token greedy decoding
+    would pick, and run the grammar over the whole 262k vocabulary only when that token is rejected (what
+    llama.cpp's own common sampler does). Same tokens as the full check, about 3x faster tool calls
+    (bench/results/grammar.json). Sampling with temperature > 0 keeps llama-cpp-python's full grammar."""
+
+    def __init__(self, llm: Any, grammar: Any) -> None:
+        from llama_cpp import llama_cpp as C
+
+        self._c = C
+        self._sampler = C.llama_sampler_init_grammar(
+            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        self._one = (C.llama_token_data * 1)()
+        self.full_checks = 0
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        C = self._c
+        best = int(logits.argmax())
+        self._one[0] = C.llama_token_data(best, float(logits[best]), 0.0)
+        single = C.llama_token_data_array(self._one, 1, -1, False)
+        C.llama_sampler_apply(self._sampler, ctypes.byref(single))
+        if not math.isinf(self._one[0].logit):
+            return logits
+        self.full_checks += 1
+        n = len(logits)
+        data = (C.llama_token_data * n)()
+        view = np.ctypeslib.as_array(data).view(
+            np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+        )
+        view["id"], view["logit"] = np.arange(n, dtype=np.intc), logits
+        every = C.llama_token_data_array(data, n, -1, False)
+        C.llama_sampler_apply(self._sampler, ctypes.byref(every))
+        return view["logit"].copy()
+
+    def accept(self, token: int) -> None:
+        self._c.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        self._c.llama_sampler_free(self._sampler)
