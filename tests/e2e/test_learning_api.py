@@ -232,7 +232,7 @@ async def test_the_server_serves_the_stored_version_on_first_use(
     v1.transition(VersionStatus.PROMOTED)
     await learning.save_versions([base, v1])  # as `agentloop models promote` does from another process
 
-    await wait_served(engine, [(BASE_VERSION, None), ("v1", tmp_path / "v1.gguf")])
+    await wait_served(engine, [("v1", tmp_path / "v1.gguf")], tail=True)
 
 
 @pytest.mark.parametrize("engine", [FakeEngine()], ids=["fixed-version-engine"])
@@ -265,9 +265,15 @@ async def test_a_broken_promoted_adapter_does_not_break_the_routes(
     assert (await client.post("/api/v1/models/rollback")).json()["serving"] == BASE_VERSION
 
 
-async def wait_served(engine: SwappingEngine, expected: list[tuple[str, Path | None]]) -> None:
-    for _ in range(100):
-        if engine.served == expected:
+async def wait_served(
+    engine: SwappingEngine, expected: list[tuple[str, Path | None]], tail: bool = False
+) -> None:
+    # The server follows the database on a timer: it may have served base before v1 was promoted.
+    def seen() -> list[tuple[str, Path | None]]:
+        return engine.served[-len(expected) :] if tail else engine.served
+
+    for _ in range(250):
+        if seen() == expected:
             return
         await asyncio.sleep(0.02)
-    assert engine.served == expected
+    assert seen() == expected

@@ -130,7 +130,7 @@ class EngineEvaluator:
 
     def _service(self, store: EvalStore) -> AgentService:
         return AgentService(
-            self.engine, store, self.tools, self.workspace, single_line_answers=self.single_line
+            self.engine, store, self.tools, self.workspace, single_line_answers=self.single_line, seed=0
         )
 
 

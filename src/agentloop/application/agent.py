@@ -139,8 +139,10 @@ class AgentService:
         workspace_root: Path,
         max_message_chars: int = 16000,
         single_line_answers: bool = False,
+        seed: int | None = None,
     ) -> None:
         self.engine = engine
+        self.seed = seed
         self.single_line_answers = single_line_answers
         self.store = store
         self.tools = tools
@@ -215,6 +217,7 @@ class _Turn:
             self.history,
             self.agent.model_config,
             choice,
+            seed=self.service.seed,
             single_line=self.service.single_line_answers,
         )
         async with aclosing(self._step.run()) as texts:

@@ -89,7 +89,11 @@ async def run_python(code: str, workspace: Path, limits: SandboxLimits) -> str:
     finally:
         _kill_group(process.pid)
         await process.wait()
+    if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        # The CPU-time limit (equal to the timeout) can fire before the wall clock: the same overrun.
+        raise ToolError(f"python timed out after {limits.timeout_s:g}s")
     return _format(stdout, stderr, process.returncode)
+
 
 
 def _environment(workspace: Path) -> dict[str, str]:
