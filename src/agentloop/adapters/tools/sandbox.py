@@ -95,7 +95,6 @@ async def run_python(code: str, workspace: Path, limits: SandboxLimits) -> str:
     return _format(stdout, stderr, process.returncode)
 
 
-
 def _environment(workspace: Path) -> dict[str, str]:
     # Nothing is inherited: API keys and tokens in the server's environment stay out of the sandbox.
     return {
