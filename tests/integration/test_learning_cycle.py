@@ -48,7 +48,8 @@ async def test_a_tiny_cycle_trains_gates_registers_and_hot_swaps(
             )
         assert await container.learning.datasets.usable_examples_since(None) >= len(QUESTIONS)
 
-        job = await container.learning.submit({"min_examples": 2})
+        # Short sequences keep the test fast; the default (2048) keeps the whole prompt prefix.
+        job = await container.learning.submit({"min_examples": 2, "max_seq_len": 512})
         progress: list[dict[str, object]] = []
 
         async def record(update: object) -> None:

@@ -145,6 +145,8 @@ def hyperparameters(settings: Any) -> Mapping[str, Any]:
         "learning_rate": settings.train_learning_rate,
         "lora_r": settings.train_lora_r,
         "lora_alpha": settings.train_lora_r * 2,
+        # The prompt prefix (system text, tools, demonstrations) is ~1,100 tokens: keep it whole.
+        "max_seq_len": min(settings.n_ctx, 2048),
         "seed": 0,
     }
 
