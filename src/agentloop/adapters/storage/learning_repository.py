@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, true, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from agentloop.adapters.storage.orm import (
@@ -25,7 +24,7 @@ from agentloop.adapters.storage.orm import (
 )
 
 # The conversation, message and event mappings are SqlStore's; both stores read and write the same tables.
-from agentloop.adapters.storage.repository import _conversation, _event_row, _message
+from agentloop.adapters.storage.repository import SessionStore, _conversation, _event_row, _message
 from agentloop.domain.events import Event
 from agentloop.domain.learning import (
     Feedback,
@@ -36,7 +35,7 @@ from agentloop.domain.learning import (
     VersionStatus,
 )
 from agentloop.domain.model import Conversation, Role, ToolCall, utcnow
-from agentloop.errors import NotFoundError, StorageError, ValidationError
+from agentloop.errors import NotFoundError, ValidationError
 
 VERSION_ID = re.compile(r"v(\d+)")
 ACTIVE_JOB = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -53,19 +52,8 @@ class StoredDataset:
     created_at: datetime = field(default_factory=utcnow)
 
 
-class SqlLearningStore:
+class SqlLearningStore(SessionStore):
     """The learning loop's records in SQLite or PostgreSQL."""
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
-
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncSession]:
-        try:
-            async with self._sessions() as session:
-                yield session
-        except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(f"database error: {type(exc).__name__}") from exc
 
     # --- feedback -------------------------------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ from agentloop.domain.model import (
 from agentloop.errors import NotFoundError, StorageError, ValidationError
 
 
-class SqlStore:
-    """Agents, conversations, messages and events in SQLite or PostgreSQL."""
+class SessionStore:
+    """Base of the SQL stores: sessions whose driver errors surface as StorageError."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -41,6 +41,10 @@ class SqlStore:
                 yield session
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+
+class SqlStore(SessionStore):
+    """Agents, conversations, messages and events in SQLite or PostgreSQL."""
 
     async def create_agent(self, agent: Agent) -> None:
         """Insert an agent; ValidationError if its name is taken."""
