@@ -25,7 +25,7 @@ from agentloop.adapters.tools import builtin_tools
 from agentloop.application.agent import AgentService
 from agentloop.application.learning.registry import ModelRegistry, RecordOnlyHost, adapter_host_of
 from agentloop.application.learning.service import LearningConfig, LearningService
-from agentloop.application.ports import InferenceEngine
+from agentloop.application.ports import AdapterHost, InferenceEngine
 from agentloop.application.tools import ToolRegistry
 from agentloop.domain.model import Agent, ModelConfig
 from agentloop.settings import Settings
@@ -119,14 +119,18 @@ async def bootstrap(
         )
         learning_store = SqlLearningStore(sessions)
         host = adapter_host_of(engine)
-        registry = ModelRegistry(learning_store, host or RecordOnlyHost())
+        # An engine that cannot switch versions still gets a registry: promotions are recorded for others.
+        swapper: AdapterHost = host or RecordOnlyHost()
+        registry = ModelRegistry(learning_store, swapper)
         if model_file is not None:
             await registry.ensure_base(model_file.sha256)
         if host is not None and follow_versions:
             await registry.sync_host()
             follow = asyncio.create_task(registry.follow(settings.version_poll_s))
         queue = HueyQueue(make_huey(settings), lambda job_id: run_job_in_worker(settings, job_id))
-        learning = build_learning(settings, engine, tools, learning_store, store, registry, model_file, queue)
+        learning = build_learning(
+            settings, engine, swapper, tools, learning_store, store, registry, model_file, queue
+        )
         yield Container(
             settings,
             engine,
@@ -155,6 +159,7 @@ async def bootstrap(
 def build_learning(
     settings: Settings,
     engine: InferenceEngine,
+    host: AdapterHost,
     tools: ToolRegistry,
     learning_store: SqlLearningStore,
     store: SqlStore,
@@ -162,7 +167,6 @@ def build_learning(
     model_file: ModelFile | None,
     queue: HueyQueue,
 ) -> LearningService:
-    host = adapter_host_of(engine) or RecordOnlyHost()
     base_path = model_file.path if model_file else settings.cache_dir
     base_sha = model_file.sha256 if model_file else "unknown"
     evaluator = EngineEvaluator(

@@ -266,17 +266,6 @@ async def test_an_adapter_changed_after_registration_is_not_served(world: World)
     assert world.store.statuses()["v2"] == Status.CANDIDATE
 
 
-async def test_record_metrics_merges_into_the_stored_version(world: World) -> None:
-    await world.chain("v1")
-
-    await world.registry.record_metrics("v1", {"evaluation": {"accuracy": 0.9}})
-    updated = await world.registry.record_metrics("v1", {"gate": {"promote": True}})
-
-    assert updated.metrics == {"evaluation": {"accuracy": 0.9}, "gate": {"promote": True}}
-    assert world.store.versions["v1"].metrics == updated.metrics
-    assert world.store.statuses()["v1"] == Status.PROMOTED
-
-
 # --- rollback -----------------------------------------------------------------------------------------------
 
 

@@ -70,14 +70,16 @@ def train(
 
 async def _train(ctx: typer.Context, params: dict[str, Any], wait: bool, show_progress: bool) -> TrainingJob:
     wired = _wiring(ctx)
-    async with wired.container() as container:
-        job = await container.learning.submit(params) if not wait else None
-        if job is not None:
+    # Queuing needs only the database; running here needs the model too (it evaluates both versions).
+    async with wired.container() if wait else wired.store_container() as container:
+        learning = container.learning
+        if wait:
+            learning.queue = None  # run the job here instead of handing it to a worker
+        job = await learning.submit(params)
+        if not wait:
             return job
-        container.learning.queue = None  # run it here instead of handing it to a worker
-        job = await container.learning.submit(params)
         if not show_progress:
-            return await container.learning.run(job.id)
+            return await learning.run(job.id)
         with _progress_bar() as bar:
             task = bar.add_task("dataset", total=None)
 
@@ -89,7 +91,7 @@ async def _train(ctx: typer.Context, params: dict[str, Any], wait: bool, show_pr
                     completed=progress.get("step", 0),
                 )
 
-            return await container.learning.run(job.id, show)
+            return await learning.run(job.id, show)
 
 
 def _progress_bar() -> Progress:

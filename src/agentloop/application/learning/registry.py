@@ -135,14 +135,6 @@ class ModelRegistry:
             await self._store.save_versions([version])
             return version
 
-    async def record_metrics(self, version_id: str, metrics: Mapping[str, Any]) -> ModelVersion:
-        """Add evaluation metrics to a version, whatever its status."""
-        async with self._lock:
-            version = await self._store.get_version(version_id)
-            version.metrics = {**version.metrics, **metrics}
-            await self._store.save_versions([version])
-            return version
-
     async def serving(self) -> ModelVersion | None:
         """The promoted version, or None before the base exists."""
         return await self._store.serving_version()

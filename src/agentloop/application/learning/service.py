@@ -215,10 +215,13 @@ class _Cycle:
         self.job.progress = {**self.job.progress, "dataset": dataset.hash, "examples": dataset.train_examples}
         return dataset
 
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**self.service.config.hyperparameters, **self.job.params}
+
     async def _train(self, dataset: DatasetSummary) -> TrainOutcome:
-        hyper = {**self.service.config.hyperparameters, **self.job.params}
         out = self.service.config.data_dir / "adapters" / self.job.id
-        return await self.service.trainer.train(dataset, out, hyper, self._training_progress)
+        return await self.service.trainer.train(dataset, out, self.hyperparameters, self._training_progress)
 
     async def _training_progress(self, progress: Mapping[str, Any]) -> None:
         current = await self.service.jobs.get_job(self.job.id)
@@ -228,7 +231,6 @@ class _Cycle:
 
     async def _register(self, dataset: DatasetSummary, outcome: TrainOutcome) -> ModelVersion:
         serving = await self.service.registry.serving()
-        hyper = {**self.service.config.hyperparameters, **self.job.params}
         candidate = ModelVersion(
             id=await self.service.jobs.next_version_id(),
             base_sha256=self.service.config.base_sha256,
@@ -236,7 +238,7 @@ class _Cycle:
             adapter_path=str(outcome.adapter_path),
             adapter_sha256=outcome.adapter_sha256,
             dataset_hash=dataset.hash,
-            hyperparameters=dict(hyper),
+            hyperparameters=self.hyperparameters,
             metrics={"training": dict(outcome.metrics), "dataset": dict(dataset.counts)},
         )
         await self.service.registry.register(candidate)
@@ -260,8 +262,9 @@ class _Cycle:
 
     async def _apply(self, candidate: ModelVersion, decision: GateDecision) -> None:
         if decision.promote:
-            await self.service.registry.record_metrics(candidate.id, candidate.metrics)
-            await self.service.registry.promote(candidate.id, reason=f"gate (job {self.job.id})")
+            # Metrics and promotion are stored in one transaction, after the swap succeeded.
+            reason = f"gate (job {self.job.id})"
+            await self.service.registry.promote(candidate.id, reason=reason, metrics=candidate.metrics)
         else:
             await self.service.registry.reject(candidate.id, candidate.metrics)
 
