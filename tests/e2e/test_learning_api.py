@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from agentloop.adapters.storage import SqlStore, create_sessionmaker
 from agentloop.adapters.storage.learning_repository import SqlLearningStore
-from agentloop.domain.learning import BASE_VERSION, ModelVersion, VersionStatus
+from agentloop.domain.learning import BASE_VERSION, JobStatus, ModelVersion, VersionStatus
 from agentloop.entrypoints.api import create_app
+from agentloop.entrypoints.api import learning as learning_routes
 from agentloop.settings import Settings
 from fakes import FakeEngine
 
@@ -277,3 +280,66 @@ async def wait_served(
             return
         await asyncio.sleep(0.02)
     assert seen() == expected
+
+
+# --- training jobs: REST and the progress WebSocket ------------------------------------------------------
+
+
+@pytest.fixture
+def sync_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setattr(learning_routes, "JOB_POLL_S", 0.02)
+    with TestClient(create_app(settings_for(tmp_path / "data"), engine=SwappingEngine())) as client:
+        yield client
+
+
+def test_training_job_rest_lifecycle(sync_client: TestClient) -> None:
+    created = sync_client.post("/api/v1/training/jobs", json={"max_steps": 3})
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert job["status"] == "queued" and job["params"] == {"max_steps": 3}
+
+    again = sync_client.post("/api/v1/training/jobs", json={})
+    assert again.status_code == 409 and "already" in again.json()["detail"]
+    assert sync_client.post("/api/v1/training/jobs", json={"max_steps": 0}).status_code == 422
+
+    assert sync_client.get(f"/api/v1/training/jobs/{job['id']}").json()["id"] == job["id"]
+    assert [j["id"] for j in sync_client.get("/api/v1/training/jobs").json()] == [job["id"]]
+    cancelled = sync_client.post(f"/api/v1/training/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert sync_client.get("/api/v1/training/jobs/nope").status_code == 404
+
+
+def test_training_progress_streams_over_the_websocket(sync_client: TestClient) -> None:
+    job_id = sync_client.post("/api/v1/training/jobs", json={}).json()["id"]
+    app = cast(FastAPI, sync_client.app)
+    store: SqlLearningStore = app.state.container.learning_store
+    portal = sync_client.portal
+    assert portal is not None
+
+    async def report(step: int) -> None:
+        job = await store.get_job(job_id)
+        job.status = JobStatus.RUNNING
+        job.progress = {"stage": "train", "step": step, "max_steps": 4, "loss": 1.0 / step, "eta_s": 4 - step}
+        await store.save_job(job)
+
+    with sync_client.websocket_connect(f"/api/v1/training/jobs/{job_id}/ws") as websocket:
+        first = websocket.receive_json()
+        assert first["type"] == "job" and first["job"]["status"] == "queued"
+        seen = []
+        for step in (1, 2):
+            portal.call(report, step)
+            event = websocket.receive_json()
+            assert event["type"] == "job" and event["job"]["status"] == "running"
+            seen.append(event["job"]["progress"]["step"])
+        assert seen == [1, 2]
+        assert sync_client.post(f"/api/v1/training/jobs/{job_id}/cancel").status_code == 200
+        assert websocket.receive_json()["job"]["status"] == "cancelled"
+        assert websocket.receive_json() == {"type": "end", "status": "cancelled"}
+
+
+def test_training_progress_socket_unknown_job_closes_4404(sync_client: TestClient) -> None:
+    with sync_client.websocket_connect("/api/v1/training/jobs/nope/ws") as websocket:
+        assert websocket.receive_json()["status"] == 404
+        with pytest.raises(WebSocketDisconnect) as closed:
+            websocket.receive_json()
+    assert closed.value.code == 4404

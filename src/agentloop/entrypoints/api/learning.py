@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, WebSocket, status
 from pydantic import BaseModel, Field
+from starlette.websockets import WebSocketDisconnect
 
 from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.application.learning.registry import ModelRegistry
 from agentloop.application.learning.service import LearningService
 from agentloop.domain.events import FeedbackGiven, ModelUpdated
-from agentloop.domain.learning import Feedback, ModelVersion, Rating, TrainingJob, VersionStatus
+from agentloop.domain.learning import (
+    Feedback,
+    ModelVersion,
+    Rating,
+    TrainingJob,
+    VersionStatus,
+)
 from agentloop.domain.model import Message, ToolCall
 from agentloop.entrypoints.api.deps import ContainerDep
 from agentloop.entrypoints.api.schemas import Body, ToolCallOut
-from agentloop.errors import AgentLoopError
+from agentloop.errors import AgentLoopError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["learning"])
+
+JOB_POLL_S = 0.5  # how often a training-progress socket looks at the job
 
 
 # --- wiring -------------------------------------------------------------------------------------------------
@@ -249,3 +260,46 @@ async def get_training_job(job_id: str, learning: LearningDep) -> TrainingJobOut
 async def cancel_training_job(job_id: str, learning: LearningDep) -> TrainingJobOut:
     """Cancel a queued or running job; the trainer stops after its next step."""
     return TrainingJobOut.of(await learning.service.cancel(job_id))
+
+
+CLOSE_NOT_FOUND = 4404
+
+
+async def follow_job(
+    store: SqlLearningStore, job_id: str, interval_s: float
+) -> AsyncIterator[TrainingJobOut]:
+    """Yield the job each time it changes (status or progress), ending with its terminal state.
+
+    The worker is another process and writes progress to the database; polling it is what lets every
+    API replica stream the same job.
+    """
+    last: dict[str, Any] | None = None
+    while True:
+        job = await store.get_job(job_id)
+        snapshot = TrainingJobOut.of(job).model_dump(mode="json")
+        if snapshot != last:
+            last = snapshot
+            yield TrainingJobOut.of(job)
+        if job.status.finished:
+            return
+        await asyncio.sleep(interval_s)
+
+
+@router.websocket("/training/jobs/{job_id}/ws")
+async def training_job_socket(websocket: WebSocket, job_id: str, container: ContainerDep) -> None:
+    """Live progress of a training job: a {"type": "job", "job": {...}} event per change (stage, step, loss,
+    tokens/s, ETA), then {"type": "end", "status": ...} when the job completes, fails or is cancelled."""
+    await websocket.accept()
+    store = container.learning_store
+    try:
+        final = ""
+        async for job in follow_job(store, job_id, JOB_POLL_S):
+            await websocket.send_json({"type": "job", "job": job.model_dump(mode="json")})
+            final = job.status
+        await websocket.send_json({"type": "end", "status": final})
+        await websocket.close()
+    except NotFoundError as exc:
+        await websocket.send_json({"type": "error", "status": 404, "detail": str(exc)})
+        await websocket.close(code=CLOSE_NOT_FOUND, reason=str(exc))
+    except WebSocketDisconnect:
+        return
