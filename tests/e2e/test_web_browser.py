@@ -258,3 +258,52 @@ def test_metrics_add_up_the_server_and_its_worker(served: Server) -> None:
     # Recorded by the worker process, exported by the server's /metrics.
     assert get("agent_events_processed_total", event="TrainingStarted") == 1
     assert get("agent_events_processed_total", event="TrainingFailed") == 1
+
+
+def test_sign_in_follows_the_auth_contract(browser: Any, served: Server) -> None:
+    """Where /api/v1/auth/me answers 401 the page asks for a sign-in, keeps the token for the tab and sends it
+    as a bearer token; a role other than admin may look at the models but not switch them. (This server has
+    no auth routes yet: the browser answers them as the security issue's server will.)"""
+    context = browser.new_context(base_url=served.url, viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    tokens = {"access_token": "tok-1", "refresh_token": "ref-1", "token_type": "bearer", "expires_in": 900}
+    sent: dict[str, Any] = {}
+
+    def me(route: Any) -> None:
+        signed_in = route.request.headers.get("authorization") == "Bearer tok-1"
+        body = {"username": "ada", "role": "viewer"} if signed_in else {"detail": "not signed in"}
+        route.fulfill(status=200 if signed_in else 401, json=body)
+
+    def token(route: Any) -> None:
+        sent["credentials"] = route.request.post_data_json
+        route.fulfill(status=200, json=tokens)
+
+    def models(route: Any) -> None:
+        sent.setdefault("models", route.request.headers.get("authorization"))
+        route.continue_()
+
+    page.route("**/api/v1/auth/me", me)
+    page.route("**/api/v1/auth/token", token)
+    page.route("**/api/v1/models", models)
+    try:
+        page.goto("/")
+        expect(page.locator("#signin")).to_be_visible()
+        expect(page.locator("#app")).to_be_hidden()
+        page.fill("#signin-username", "ada")
+        page.fill("#signin-password", "secret")
+        shot(page, "0-signin")
+        page.click("#signin-form button[type='submit']")
+        expect(page.locator("#app")).to_be_visible()
+        expect(page.locator("#user")).to_have_text("ada (viewer)")
+        assert sent["credentials"] == {"username": "ada", "password": "secret"}
+        assert page.evaluate("sessionStorage.getItem('agentloop.access_token')") == "tok-1"
+        page.click(".tab[data-view='models']")
+        expect(page.locator("#versions tr[data-version='base']")).to_be_visible()
+        assert sent["models"] == "Bearer tok-1"
+        expect(page.locator("#rollback")).to_be_disabled()
+        page.click("#sign-out")
+        expect(page.locator("#signin")).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('agentloop.access_token')") is None
+    finally:
+        context.close()
