@@ -120,6 +120,7 @@ async function checkSignIn() {
 
 function showSignIn(message = "") {
   $("#app").hidden = true;
+  $(".top nav").hidden = true;
   $("#signin").hidden = false;
   $("#signin-error").textContent = message;
   $("#signin-username").focus();
@@ -645,6 +646,7 @@ async function start() {
   }
   $("#signin").hidden = true;
   $("#app").hidden = false;
+  $(".top nav").hidden = false;
   refreshServing();
   show(state.view);
 }
