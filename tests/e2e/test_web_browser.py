@@ -307,3 +307,41 @@ def test_sign_in_follows_the_auth_contract(browser: Any, served: Server) -> None
         assert page.evaluate("sessionStorage.getItem('agentloop.access_token')") is None
     finally:
         context.close()
+
+
+def test_training_page_shows_a_running_job_s_progress(page: Any) -> None:
+    """A real job's training stage takes minutes here, so the browser answers the job list with a running job
+    as the API reports one (the same fields the trainer writes), to check what the page makes of it."""
+    running = {
+        "id": "job-live",
+        "status": "running",
+        "reason": "manual",
+        "params": {"max_steps": 10},
+        "progress": {
+            "stage": "train",
+            "step": 3,
+            "max_steps": 10,
+            "loss": 1.2345,
+            "tokens_per_s": 250.4,
+            "eta_s": 75,
+        },
+        "error": None,
+        "version_id": None,
+        "created_at": "2026-11-25T18:00:00Z",
+        "started_at": "2026-11-25T18:00:01Z",
+        "finished_at": None,
+    }
+    page.route("**/api/v1/training/jobs?limit=20", lambda route: route.fulfill(status=200, json=[running]))
+    try:
+        page.click(".tab[data-view='chat']")
+        page.click(".tab[data-view='training']")
+        panel = page.locator("#active-job")
+        expect(panel).to_be_visible()
+        expect(panel.locator("dd[data-fact='step']")).to_have_text("3 / 10")
+        expect(panel.locator("dd[data-fact='loss']")).to_have_text("1.234")
+        expect(panel.locator("dd[data-fact='eta']")).to_have_text("1 min 15 s")
+        expect(panel.locator("progress")).to_have_attribute("value", "3")
+        expect(page.locator("#jobs tr[data-job='job-live'] .badge")).to_have_text("running")
+        shot(page, "6-training-live")
+    finally:
+        page.unroute("**/api/v1/training/jobs?limit=20")
