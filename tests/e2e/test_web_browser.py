@@ -147,6 +147,10 @@ def api(server: Server, path: str) -> Any:
 
 
 def test_chat_shows_the_tool_step_and_the_answer_and_stores_a_rating(page: Any, served: Server) -> None:
+    frames: list[dict[str, Any]] = []
+    page.on(
+        "websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload)))
+    )
     page.goto("/")
     expect(page.locator("#app")).to_be_visible()  # no sign-in on this server: /api/v1/auth/me is 404
     expect(page.locator("#signin")).to_be_hidden()
@@ -161,6 +165,11 @@ def test_chat_shows_the_tool_step_and_the_answer_and_stores_a_rating(page: Any, 
     expect(answer.locator(".answer-text")).to_contain_text("84")
     expect(page.locator("#conversations .conversation.current")).to_have_text("What is 12*7?")
     shot(page, "2-answer")
+    # What came over the WebSocket: the tool step, the answer streamed as tokens, then the final event.
+    kinds = [frame["type"] for frame in frames]
+    assert (
+        kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("token") < kinds.index("final")
+    ), kinds
 
     answer.locator(".rate.up").click()
     expect(answer.locator(".feedback-status")).to_have_text("Rated good · saved")

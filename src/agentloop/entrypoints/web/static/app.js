@@ -17,6 +17,7 @@ const state = {
   conversationId: null,
   socket: null,
   turn: null,
+  sending: false,
   view: "chat",
   pollTimer: null,
 };
@@ -213,7 +214,7 @@ async function loadConversations() {
             class: c.id === state.conversationId ? "conversation current" : "conversation",
             "data-id": c.id,
             title: when(c.updated_at),
-            onclick: () => openConversation(c.id),
+            onclick: () => openConversation(c.id).catch((error) => toast(error.message, "error")),
           }, c.title || "Untitled"),
         ),
       ),
@@ -390,7 +391,8 @@ async function sendMessage(event) {
   event.preventDefault();
   const prompt = $("#prompt");
   const text = prompt.value.trim();
-  if (!text || state.turn) return;
+  if (!text || state.turn || state.sending) return;
+  state.sending = true; // a second Enter while the socket opens must not start a second conversation
   try {
     if (!state.conversationId) {
       const created = await api("/api/v1/conversations", { method: "POST", body: { title: text.slice(0, 80) } });
@@ -410,6 +412,8 @@ async function sendMessage(event) {
     toast(`Not sent: ${error.message}`, "error");
     state.turn = null;
     setBusy(false);
+  } finally {
+    state.sending = false;
   }
 }
 
