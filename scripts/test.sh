@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh dev
 scripts/services.sh
+if [ ! -x /usr/bin/chromium ]; then
+    # The browser tests drive Debian's Chromium through Playwright (`playwright install` cannot download here).
+    echo "==> installing chromium for the browser tests"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+fi
 echo "==> preparing the model and the training base (cached after the first run)"
 .venv/bin/agentloop prepare
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -16,6 +16,7 @@ from agentloop.adapters.learning import (
     SubprocessTrainer,
     hyperparameters,
 )
+from agentloop.adapters.metrics import Metrics, ObservedEngine, metrics_for_process
 from agentloop.adapters.model_files import ModelFile
 from agentloop.adapters.queue import HueyQueue, make_huey
 from agentloop.adapters.storage.database import create_engine, upgrade
@@ -47,6 +48,7 @@ class Container:
     registry: ModelRegistry
     learning: LearningService
     queue: HueyQueue
+    metrics: Metrics = field(default_factory=metrics_for_process)
 
 
 async def start_embedded_engine(settings: Settings) -> tuple[InferenceEngine, ModelFile]:
@@ -100,6 +102,8 @@ async def bootstrap(
     database = create_engine(url)
     sessions = async_sessionmaker(database, expire_on_commit=False)
     store = SqlStore(sessions)
+    metrics: Metrics = overrides.get("metrics") or metrics_for_process()
+    store.on_events = metrics.observe_events
     tools: ToolRegistry = overrides.get("tools") or ToolRegistry(builtin_tools(settings))
     engine: InferenceEngine | None = overrides.get("engine")
     model_file: ModelFile | None = overrides.get("model_file")
@@ -109,8 +113,9 @@ async def bootstrap(
         if engine is None:
             engine, model_file = await start_embedded_engine(settings)
         agent = await ensure_default_agent(store, settings, tools)
+        observed = ObservedEngine(engine, metrics)
         agents = AgentService(
-            engine,
+            observed,
             store,
             tools,
             settings.workspace_dir,
@@ -118,6 +123,7 @@ async def bootstrap(
             settings.single_line_answers,
         )
         learning_store = SqlLearningStore(sessions)
+        learning_store.on_events = metrics.observe_events
         host = adapter_host_of(engine)
         # An engine that cannot switch versions still gets a registry: promotions are recorded for others.
         swapper: AdapterHost = host or RecordOnlyHost()
@@ -128,12 +134,13 @@ async def bootstrap(
             await registry.sync_host()
             follow = asyncio.create_task(registry.follow(settings.version_poll_s))
         queue = HueyQueue(make_huey(settings), lambda job_id: run_job_in_worker(settings, job_id))
+        # Evaluation runs on the bare engine: its model calls are not served traffic.
         learning = build_learning(
             settings, engine, swapper, tools, learning_store, store, registry, model_file, queue
         )
         yield Container(
             settings,
-            engine,
+            observed,
             store,
             database,
             tools,
@@ -144,6 +151,7 @@ async def bootstrap(
             registry,
             learning,
             queue,
+            metrics,
         )
     finally:
         if follow is not None:

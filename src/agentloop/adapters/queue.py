@@ -4,14 +4,20 @@ import time."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from huey import Huey, RedisHuey, SqliteHuey
 
 from agentloop.settings import Settings
 
 TRAIN_TASK = "train"
+# An idle consumer polls at most this far apart, so a queued job starts within seconds.
+MAX_POLL_DELAY_S = 2.0
+
+logger = logging.getLogger(__name__)
 
 
 def make_huey(settings: Settings) -> Huey:
@@ -22,16 +28,32 @@ def make_huey(settings: Settings) -> Huey:
 
 
 class HueyQueue:
-    """Enqueues training jobs by id; `agentloop worker` consumes them."""
+    """Enqueues training jobs by id; `agentloop worker` consumes them. A job carries the correlation id of
+    the request that queued it, so the worker's log lines for it can be found by that id."""
 
     def __init__(self, huey: Huey, run_job: Callable[[str], Any]) -> None:
         self.huey = huey
-        self._task = huey.task(name=TRAIN_TASK, retries=0)(run_job)
+
+        def train(job_id: str, request_id: str | None = None) -> Any:
+            context = (
+                {"job_id": job_id} if request_id is None else {"job_id": job_id, "request_id": request_id}
+            )
+            with structlog.contextvars.bound_contextvars(**context):
+                logger.info("training job %s started by the worker", job_id)
+                try:
+                    return run_job(job_id)
+                finally:
+                    logger.info("training job %s left the worker", job_id)
+
+        self._task = huey.task(name=TRAIN_TASK, retries=0)(train)
 
     def enqueue(self, job_id: str) -> None:
-        self._task(job_id)
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        self._task(job_id, request_id=request_id)
 
     def consume(self) -> None:
         """Run the consumer in this process until it is interrupted (one job at a time)."""
-        consumer = self.huey.create_consumer(workers=1, worker_type="thread", periodic=False)
+        consumer = self.huey.create_consumer(
+            workers=1, worker_type="thread", periodic=False, max_delay=MAX_POLL_DELAY_S
+        )
         consumer.run()

@@ -30,6 +30,8 @@ from typer.core import TyperGroup
 
 from agentloop import __version__
 from agentloop.adapters.cpu import cmake_args, read_cpu_flags, relevant_flags
+from agentloop.adapters.logs import configure_logging
+from agentloop.adapters.metrics import multiprocess_dir, prepare_multiprocess, process_exited
 from agentloop.adapters.model_files import ensure_model
 from agentloop.adapters.storage.database import create_engine, ping, upgrade
 from agentloop.application.ports import Completion, GenerationRequest, Token
@@ -178,12 +180,20 @@ def serve(
         # A missing model fails here in one line instead of as a traceback from the app's lifespan; the
         # lifespan's own ensure_model then finds the file (and its hash) ready.
         ensure_model(settings.model_path, settings.cache_dir)
+    # Before anything starts: the server and its worker write their metrics to one directory.
+    if multiprocess_dir() is None:
+        prepare_multiprocess(settings.resolved_data_dir / "prometheus")
+    # One log format for uvicorn's lines and ours (JSON with AGENTLOOP_LOG_JSON); the app logs each request
+    # itself, with its correlation id, so uvicorn's access log is off.
+    configure_logging(settings.log_level, settings.log_json)
     config = uvicorn.Config(
         partial(create_app, settings, **wired.overrides),
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
     )
     worker = start_worker(wired) if settings.embedded_worker and not wired.overrides else None
     try:
@@ -192,6 +202,7 @@ def serve(
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=30)
+            process_exited(worker.pid)
 
 
 def start_worker(wired: Wiring) -> subprocess.Popen[bytes]:

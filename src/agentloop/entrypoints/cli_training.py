@@ -124,10 +124,12 @@ def _job_summary(job: TrainingJob) -> str:
 
 def worker(ctx: typer.Context) -> None:
     """Consume the training queue (SQLite in the data dir, or Redis with AGENTLOOP_REDIS_URL)."""
+    from agentloop.adapters.logs import configure_logging
     from agentloop.adapters.queue import HueyQueue, make_huey
     from agentloop.bootstrap import run_job_in_worker
 
     settings = _wiring(ctx).settings
+    configure_logging(settings.log_level, settings.log_json)
     err().print(f"agentloop worker consuming {'redis' if settings.redis_url else 'the SQLite queue'}")
     HueyQueue(make_huey(settings), lambda job_id: run_job_in_worker(settings, job_id)).consume()
 

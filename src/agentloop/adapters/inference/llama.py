@@ -300,6 +300,7 @@ class _Generation:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.finish = "length"
+        self.cached_tokens = 0
 
     def run(self) -> Completion:
         prompt = self.engine._tokenize(self.req.prompt)
@@ -328,6 +329,7 @@ class _Generation:
         stats["requests"] += 1
         stats["prompt_tokens"] += len(prompt)
         stats["cached_tokens"] += cached
+        self.cached_tokens = cached
 
     def _decode(self, prompt: list[int], grammar: Any, switch_to_free: bool) -> bool:
         """Generate until done (True) or until the text branch is chosen and the grammar can go (False)."""
@@ -406,6 +408,7 @@ class _Generation:
             model_version=self.engine.model_version,
             duration_ms=(now - self.started) * 1000.0,
             ttft_ms=(first - self.started) * 1000.0,
+            extra={"cached_tokens": self.cached_tokens},
         )
 
 

@@ -76,6 +76,7 @@ class SqlLearningStore(SessionStore):
             session.add(_feedback_row(feedback))
             session.add_all(_event_row(event) for event in events)
             await session.commit()
+        self.on_events(events)
 
     async def list_feedback(
         self, conversation_id: str | None = None, since: datetime | None = None
@@ -164,6 +165,7 @@ class SqlLearningStore(SessionStore):
                 await _update(session, ModelVersionRow, version.id, values, "model version")
             session.add_all(_event_row(event) for event in events)
             await session.commit()
+        self.on_events(events)
 
     async def serving_version(self) -> ModelVersion | None:
         """The promoted version, or None before any version exists."""
@@ -216,6 +218,12 @@ class SqlLearningStore(SessionStore):
         async with self._session() as session:
             return [_job(row) for row in await session.scalars(query)]
 
+    async def count_jobs_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (statuses with none are left out)."""
+        query = select(TrainingJobRow.status, func.count()).group_by(TrainingJobRow.status)
+        async with self._session() as session:
+            return {str(status): int(count) for status, count in (await session.execute(query)).all()}
+
     async def active_job(self) -> TrainingJob | None:
         """The oldest job that is queued or running, or None."""
         query = (
@@ -246,6 +254,7 @@ class SqlLearningStore(SessionStore):
         async with self._session() as session:
             session.add_all(_event_row(event) for event in events)
             await session.commit()
+        self.on_events(events)
 
     # --- datasets -------------------------------------------------------------------------------------------
 

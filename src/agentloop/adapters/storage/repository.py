@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,8 @@ class SessionStore:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        # Told about every domain event once it is committed (bootstrap points it at the metrics).
+        self.on_events: Callable[[Sequence[Event]], None] = _ignore_events
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -168,6 +170,7 @@ class SqlStore(SessionStore):
             )
             session.add_all(_event_row(event) for event in events)
             await session.commit()
+        self.on_events(events)
 
     async def get_message(self, message_id: str) -> Message:
         """One message; NotFoundError if there is none."""
@@ -272,6 +275,10 @@ def _message(row: MessageRow) -> Message:
         model_version=row.model_version,
         created_at=row.created_at,
     )
+
+
+def _ignore_events(events: Sequence[Event]) -> None:
+    return None
 
 
 def _event_row(event: Event) -> EventRow:

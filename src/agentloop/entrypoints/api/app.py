@@ -10,8 +10,10 @@ from fastapi import FastAPI
 
 from agentloop.adapters.logs import configure_logging
 from agentloop.bootstrap import bootstrap
-from agentloop.entrypoints.api import health, learning, native, openai, ws
+from agentloop.entrypoints.api import health, learning, native, observability, openai, ws
 from agentloop.entrypoints.api.errors import install_error_handlers
+from agentloop.entrypoints.api.observability import RequestContext
+from agentloop.entrypoints.web import install_web
 from agentloop.settings import Settings
 
 TITLE = "Gemma Agent Loop"
@@ -42,4 +44,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> FastAPI:
     install_error_handlers(app)
     for router in (native.router, learning.router, ws.router, openai.router, health.router):
         app.include_router(router)
+    app.include_router(observability.router)
+    install_web(app)
+    app.add_middleware(RequestContext)
     return app

@@ -166,6 +166,15 @@ async def give_feedback(
     return FeedbackOut.of(feedback)
 
 
+@router.get("/conversations/{conversation_id}/feedback")
+async def list_conversation_feedback(
+    conversation_id: str, container: ContainerDep, learning: LearningDep
+) -> list[FeedbackOut]:
+    """The ratings and corrections given on a conversation's answers, oldest first."""
+    await container.store.get_conversation(conversation_id)  # 404 for an unknown conversation
+    return [FeedbackOut.of(feedback) for feedback in await learning.store.list_feedback(conversation_id)]
+
+
 async def _maybe_trigger(service: LearningService) -> None:
     # Feedback is stored whatever happens here: a failed trigger check must not fail the request.
     try:

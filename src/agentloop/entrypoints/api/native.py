@@ -90,10 +90,11 @@ async def delete_conversation(conversation_id: str, store: StoreDep) -> Response
 
 @router.post("/conversations/{conversation_id}/messages")
 async def post_message(
-    conversation_id: str, body: MessageCreate, agents: AgentsDep, request: Request
+    conversation_id: str, body: MessageCreate, agents: AgentsDep, request: Request, container: ContainerDep
 ) -> TurnOut:
     """Send a message and run one agent turn to its answer; a dropped client cancels the turn."""
-    turn = await unless_disconnected(request, agents.ask(conversation_id, body.content))
+    with container.metrics.conversation_active(conversation_id):
+        turn = await unless_disconnected(request, agents.ask(conversation_id, body.content))
     return TurnOut.of(turn)
 
 

@@ -112,9 +112,10 @@ async def _turn(websocket: WebSocket, container: Container, conversation_id: str
     try:
         text = parse_message(raw)
         turn = container.agents.run_turn(conversation_id, text)
-        async with closing(turn) as events:
-            async for event in events:
-                await websocket.send_json(encode(event))
+        with container.metrics.conversation_active(conversation_id):
+            async with closing(turn) as events:
+                async for event in events:
+                    await websocket.send_json(encode(event))
     except (WebSocketDisconnect, NotFoundError):
         raise  # the client or the conversation is gone: the socket closes
     except Exception as exc:
