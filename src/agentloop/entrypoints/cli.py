@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import os
 import platform
 import socket
@@ -35,6 +36,7 @@ from agentloop.adapters.storage.database import create_engine, ping, upgrade
 from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
+from agentloop.entrypoints.cli_auth import register as register_auth
 from agentloop.entrypoints.cli_learning import register as register_learning
 from agentloop.entrypoints.cli_render import (
     Check,
@@ -86,6 +88,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(conversations_app, name="conversations")
 register_learning(app)
 register_training(app)
+register_auth(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ConversationOption = Annotated[
@@ -174,6 +177,13 @@ def serve(
 
     wired = wiring(ctx)
     settings = wired.settings
+    bind = host or settings.host
+    if not settings.auth_enabled and not is_loopback_bind(bind):
+        raise ValidationError(
+            f"refusing to serve without authentication on {bind}: AGENTLOOP_AUTH_ENABLED=false is allowed "
+            "only on a loopback address (127.0.0.1, ::1, localhost)",
+            field="auth_enabled",
+        )
     if "engine" not in wired.overrides:
         # A missing model fails here in one line instead of as a traceback from the app's lifespan; the
         # lifespan's own ensure_model then finds the file (and its hash) ready.
@@ -181,7 +191,7 @@ def serve(
     config = uvicorn.Config(
         partial(create_app, settings, **wired.overrides),
         factory=True,
-        host=host or settings.host,
+        host=bind,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
     )
@@ -192,6 +202,16 @@ def serve(
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+def is_loopback_bind(host: str) -> bool:
+    """True when the bind address `host` listens on loopback only (0.0.0.0 and '' listen everywhere)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def start_worker(wired: Wiring) -> subprocess.Popen[bytes]:

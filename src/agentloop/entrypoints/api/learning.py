@@ -18,7 +18,8 @@ from agentloop.domain.learning import Feedback, ModelVersion, Rating, TrainingJo
 from agentloop.domain.model import Message, ToolCall
 from agentloop.entrypoints.api.deps import ContainerDep
 from agentloop.entrypoints.api.schemas import Body, ToolCallOut
-from agentloop.errors import AgentLoopError
+from agentloop.entrypoints.api.security import PrincipalDep, TrainerDep
+from agentloop.errors import AgentLoopError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +140,18 @@ class ModelSwitchOut(BaseModel):
 
 @router.post("/messages/{message_id}/feedback", status_code=status.HTTP_201_CREATED)
 async def give_feedback(
-    message_id: str, body: FeedbackCreate, container: ContainerDep, learning: LearningDep
+    message_id: str,
+    body: FeedbackCreate,
+    container: ContainerDep,
+    learning: LearningDep,
+    principal: PrincipalDep,
 ) -> FeedbackOut:
-    """Rate an assistant message or correct it; corrections become training examples."""
-    feedback = body.feedback(await container.store.get_message(message_id))
+    """Rate an assistant message of your own conversation or correct it; corrections become training
+    examples."""
+    message = await container.store.get_message(message_id)
+    if not principal.owns(await container.store.conversation_owner(message.conversation_id)):
+        raise NotFoundError("message", message_id)
+    feedback = body.feedback(message)
     corrected = feedback.correction is not None or feedback.correction_call is not None
     event = FeedbackGiven(
         conversation_id=feedback.conversation_id,
@@ -167,19 +176,19 @@ async def _maybe_trigger(service: LearningService) -> None:
 
 
 @router.get("/models")
-async def list_models(learning: LearningDep) -> list[ModelVersionOut]:
+async def list_models(learning: LearningDep, _: TrainerDep) -> list[ModelVersionOut]:
     """Every model version, newest first, with its status and evaluation metrics."""
     return [ModelVersionOut.of(version) for version in await learning.registry.list()]
 
 
 @router.post("/models/{version_id}/promote")
-async def promote_model(version_id: str, learning: LearningDep) -> ModelSwitchOut:
+async def promote_model(version_id: str, learning: LearningDep, _: TrainerDep) -> ModelSwitchOut:
     """Serve this version from now on; requests in flight finish on the previous one."""
     return ModelSwitchOut.of(await learning.registry.promote(version_id))
 
 
 @router.post("/models/rollback")
-async def rollback_model(learning: LearningDep) -> ModelSwitchOut:
+async def rollback_model(learning: LearningDep, _: TrainerDep) -> ModelSwitchOut:
     """Undo the last promotion: serve again the version that served before."""
     return ModelSwitchOut.of(await learning.registry.rollback())
 
@@ -226,26 +235,28 @@ class TrainingJobOut(BaseModel):
 
 
 @router.post("/training/jobs", status_code=status.HTTP_202_ACCEPTED)
-async def create_training_job(body: TrainingJobCreate, learning: LearningDep) -> TrainingJobOut:
+async def create_training_job(
+    body: TrainingJobCreate, learning: LearningDep, _: TrainerDep
+) -> TrainingJobOut:
     """Queue a training job for the worker (409 while another job is queued or running)."""
     return TrainingJobOut.of(await learning.service.submit(body.params()))
 
 
 @router.get("/training/jobs")
 async def list_training_jobs(
-    learning: LearningDep, limit: int = Query(20, ge=1, le=100)
+    learning: LearningDep, _: TrainerDep, limit: int = Query(20, ge=1, le=100)
 ) -> list[TrainingJobOut]:
     """Recent training jobs, newest first."""
     return [TrainingJobOut.of(job) for job in await learning.store.list_jobs(limit)]
 
 
 @router.get("/training/jobs/{job_id}")
-async def get_training_job(job_id: str, learning: LearningDep) -> TrainingJobOut:
+async def get_training_job(job_id: str, learning: LearningDep, _: TrainerDep) -> TrainingJobOut:
     """A training job with its progress (stage, step, loss, tokens/s, ETA) and outcome."""
     return TrainingJobOut.of(await learning.store.get_job(job_id))
 
 
 @router.post("/training/jobs/{job_id}/cancel")
-async def cancel_training_job(job_id: str, learning: LearningDep) -> TrainingJobOut:
+async def cancel_training_job(job_id: str, learning: LearningDep, _: TrainerDep) -> TrainingJobOut:
     """Cancel a queued or running job; the trainer stops after its next step."""
     return TrainingJobOut.of(await learning.service.cancel(job_id))

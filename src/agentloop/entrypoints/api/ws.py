@@ -16,14 +16,16 @@ from agentloop.bootstrap import Container
 from agentloop.entrypoints.api.deps import ContainerDep
 from agentloop.entrypoints.api.errors import problem_from
 from agentloop.entrypoints.api.schemas import TurnOut
+from agentloop.entrypoints.api.security import authenticate, socket_token
 from agentloop.entrypoints.api.streams import closing
-from agentloop.errors import NotFoundError, ValidationError
+from agentloop.errors import AgentLoopError, NotFoundError, ValidationError
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
 
 CLOSE_NOT_FOUND = 4404
+CLOSE_POLICY_VIOLATION = 1008
 
 
 def _token(event: TokenStreamed) -> dict[str, Any]:
@@ -143,10 +145,18 @@ async def _serve(websocket: WebSocket, container: Container, conversation_id: st
 
 @router.websocket("/conversations/{conversation_id}/ws")
 async def conversation_socket(websocket: WebSocket, conversation_id: str, container: ContainerDep) -> None:
-    """Stream turns: send {"content": ...}; get token, tool_call, tool_result, final (or error) events."""
+    """Stream turns: send {"content": ...}; get token, tool_call, tool_result, final (or error) events.
+    Authenticate with `?access_token=<token or API key>` (or an Authorization header)."""
     await websocket.accept()
     try:
-        await container.store.get_conversation(conversation_id)
+        principal = await authenticate(websocket, container, socket_token(websocket))
+    except AgentLoopError as exc:
+        await websocket.send_json(error_event(exc))
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=str(exc)[:120])
+        return
+    try:
+        if not principal.owns(await container.store.conversation_owner(conversation_id)):
+            raise NotFoundError("conversation", conversation_id)
         await _serve(websocket, container, conversation_id)
     except NotFoundError as exc:
         await websocket.send_json(error_event(exc))
