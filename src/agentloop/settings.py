@@ -81,9 +81,10 @@ class Settings(BaseSettings):
     jwt_audience: str = Field("agentloop-api", min_length=1, description="`aud` of access tokens, checked.")
     access_token_ttl_s: int = Field(1800, ge=60, le=86400, description="Lifetime of an access token.")
     refresh_token_ttl_s: int = Field(86400, ge=300, description="Lifetime of a refresh token.")
-    argon2_time_cost: int = Field(3, ge=1, description="argon2id passes over memory for password hashes.")
-    argon2_memory_kib: int = Field(65536, ge=8, description="argon2id memory per password hash, in KiB.")
-    argon2_parallelism: int = Field(4, ge=1, description="argon2id lanes per password hash.")
+    # OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane): tens of milliseconds on a small CPU.
+    argon2_time_cost: int = Field(2, ge=1, description="argon2id passes over memory for password hashes.")
+    argon2_memory_kib: int = Field(19456, ge=8, description="argon2id memory per password hash, in KiB.")
+    argon2_parallelism: int = Field(1, ge=1, description="argon2id lanes per password hash.")
     rate_limit_user: str = Field("120/minute", description="Requests per authenticated user (limits syntax).")
     rate_limit_ip: str = Field("600/minute", description="Requests per client IP address.")
     rate_limit_login: str = Field("10/minute", description="Login and refresh attempts per client address.")

@@ -133,9 +133,9 @@ class JwtCodec:
 
 
 class Argon2Hasher:
-    """argon2id with the library's defaults unless told otherwise (tests use cheap parameters)."""
+    """argon2id; the settings choose the cost (tests use cheap parameters)."""
 
-    def __init__(self, time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4) -> None:
+    def __init__(self, time_cost: int = 2, memory_kib: int = 19456, parallelism: int = 1) -> None:
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
         )
