@@ -18,6 +18,7 @@ from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.domain.learning import BASE_VERSION, ModelVersion, VersionStatus
 from agentloop.entrypoints.api import create_app
 from agentloop.settings import Settings
+from auth_helpers import admin_key, bearer, fast_auth
 from fakes import FakeEngine
 
 BASE_SHA = "b" * 64
@@ -37,7 +38,9 @@ class SwappingEngine(FakeEngine):
 
 
 def settings_for(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", version_poll_s=0.05, _env_file=None)  # type: ignore[call-arg]
+    return Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path, cache_dir=tmp_path / "cache", version_poll_s=0.05, _env_file=None, **fast_auth()
+    )
 
 
 @pytest.fixture
@@ -54,7 +57,9 @@ async def app(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+    headers = bearer(await admin_key(app))
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
         yield client
 
 
