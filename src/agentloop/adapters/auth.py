@@ -63,7 +63,21 @@ def generate_key_pair() -> KeyPair:
 
 
 def load_key_pair(private_file: Path, public_file: Path | None = None) -> KeyPair:
-    """Read a PEM private key (and check the public one, if given, belongs to it)."""
+    """Read a PEM private key (and check the public one, if given, belongs to it). Loading validates the
+    RSA key, which takes a noticeable fraction of a second, so a process loads each unchanged file once."""
+    try:
+        stamp = tuple((str(f), f.stat().st_mtime_ns) for f in (private_file, public_file) if f is not None)
+    except OSError as exc:
+        raise ValidationError(f"cannot read the JWT key files: {exc}", field="jwt_private_key_file") from exc
+    if stamp not in _LOADED:
+        _LOADED[stamp] = _load_key_pair(private_file, public_file)
+    return _LOADED[stamp]
+
+
+_LOADED: dict[tuple[tuple[str, int], ...], KeyPair] = {}
+
+
+def _load_key_pair(private_file: Path, public_file: Path | None) -> KeyPair:
     try:
         private = serialization.load_pem_private_key(private_file.read_bytes(), password=None)
         public = (
