@@ -33,6 +33,7 @@ from agentloop import __version__
 from agentloop.adapters.cpu import cmake_args, read_cpu_flags, relevant_flags
 from agentloop.adapters.model_files import ensure_model
 from agentloop.adapters.storage.database import create_engine, ping, upgrade
+from agentloop.adapters.tools.sandbox import bwrap_path, network_isolation_prefix
 from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
@@ -436,6 +437,16 @@ def check_data_dir(settings: Settings) -> Finding:
     return f"{path}{note}", {"path": str(path), "exists": existing == path}
 
 
+def check_sandbox(_: Settings) -> Finding:
+    # Reported, never failed: without bubblewrap the python tool still runs, with weaker containment.
+    bwrap = bwrap_path()
+    if bwrap is not None:
+        return f"bubblewrap ({bwrap}): own namespaces, read-only /usr, workspace only", {"isolation": "bwrap"}
+    net = " + unshare --net" if network_isolation_prefix() else ""
+    detail = f"rlimits{net} only: install bubblewrap (apt-get install bubblewrap) to confine the file system"
+    return detail, {"isolation": "unshare" if net else "rlimits"}
+
+
 DOCTOR_CHECKS: dict[str, Callable[[Settings], Finding]] = {
     "python": check_python,
     "agentloop": check_agentloop,
@@ -445,6 +456,7 @@ DOCTOR_CHECKS: dict[str, Callable[[Settings], Finding]] = {
     "model": check_model,
     "database": check_database,
     "data dir": check_data_dir,
+    "sandbox": check_sandbox,
 }
 
 
