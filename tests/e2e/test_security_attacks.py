@@ -489,7 +489,7 @@ async def test_auth_off_serves_loopback_clients_only(tmp_path: Path) -> None:
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    app = create_app(settings_for(tmp_path), engine=FakeEngine(["Hello."]))
+    app = create_app(settings_for(tmp_path, rate_limit_user="6/minute"), engine=FakeEngine(["Hello."] * 10))
     with TestClient(app) as client:
         auth = app.state.container.auth
         tokens = {}
@@ -526,3 +526,15 @@ def test_websocket_needs_a_valid_token(ws: tuple[TestClient, dict[str, str]]) ->
         while not events or events[-1]["type"] not in ("final", "error"):
             events.append(socket.receive_json())
         assert events[-1]["type"] == "final" and events[-1]["answer"] == "Hello."
+    # Every message counts against the per-user limit (6 a minute: 3 used above, 3 more fit).
+    with client.websocket_connect(
+        f"/api/v1/conversations/{conversation}/ws?access_token={tokens['alice']}"
+    ) as socket:
+        statuses = []
+        for _ in range(3):
+            socket.send_json({"content": "again"})
+            events = [socket.receive_json()]
+            while events[-1]["type"] not in ("final", "error"):
+                events.append(socket.receive_json())
+            statuses.append(events[-1].get("status", 200))
+        assert statuses == [200, 200, 429], statuses

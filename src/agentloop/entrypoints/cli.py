@@ -195,6 +195,7 @@ def serve(
         host=bind,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
+        ws_max_size=settings.max_body_bytes,
     )
     worker = start_worker(wired) if settings.embedded_worker and not wired.overrides else None
     try:

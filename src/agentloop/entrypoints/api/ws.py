@@ -13,6 +13,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from agentloop.application.agent import TokenStreamed, ToolCalled, ToolReturned, TurnEvent, TurnFinished
 from agentloop.bootstrap import Container
+from agentloop.domain.auth import Principal
 from agentloop.entrypoints.api.deps import ContainerDep
 from agentloop.entrypoints.api.errors import problem_from
 from agentloop.entrypoints.api.schemas import TurnOut
@@ -110,8 +111,13 @@ async def _read(websocket: WebSocket, inbox: asyncio.Queue[str | None]) -> None:
         await inbox.put(None)
 
 
-async def _turn(websocket: WebSocket, container: Container, conversation_id: str, raw: str) -> None:
+async def _turn(
+    websocket: WebSocket, container: Container, conversation_id: str, raw: str, principal: Principal
+) -> None:
     try:
+        # Each message is a request of its own for the per-user rate limit (over HTTP it would be one).
+        if container.settings.auth_enabled:
+            await container.limiter.hit("user", principal.user_id)
         text = parse_message(raw)
         turn = container.agents.run_turn(conversation_id, text)
         async with closing(turn) as events:
@@ -125,12 +131,14 @@ async def _turn(websocket: WebSocket, container: Container, conversation_id: str
         await websocket.send_json(error_event(exc))
 
 
-async def _serve(websocket: WebSocket, container: Container, conversation_id: str) -> None:
+async def _serve(
+    websocket: WebSocket, container: Container, conversation_id: str, principal: Principal
+) -> None:
     inbox: asyncio.Queue[str | None] = asyncio.Queue()
     reader = asyncio.create_task(_read(websocket, inbox))
     try:
         while (raw := await inbox.get()) is not None:
-            turn = asyncio.create_task(_turn(websocket, container, conversation_id, raw))
+            turn = asyncio.create_task(_turn(websocket, container, conversation_id, raw, principal))
             await asyncio.wait({turn, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 # The reader only finishes when the client has gone: stop generating for nobody.
@@ -157,7 +165,7 @@ async def conversation_socket(websocket: WebSocket, conversation_id: str, contai
     try:
         if not principal.owns(await container.store.conversation_owner(conversation_id)):
             raise NotFoundError("conversation", conversation_id)
-        await _serve(websocket, container, conversation_id)
+        await _serve(websocket, container, conversation_id, principal)
     except NotFoundError as exc:
         await websocket.send_json(error_event(exc))
         await websocket.close(code=CLOSE_NOT_FOUND, reason=str(exc))
