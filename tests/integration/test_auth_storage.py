@@ -1,21 +1,25 @@
-"""SqlAuthStore on SQLite and PostgreSQL: users, keys, refresh sessions, the rotation race, family revocation,
-and conversation ownership; migration 0003 down and up again."""
+"""SqlAuthStore on SQLite and PostgreSQL (users, keys, refresh sessions, the rotation race, family
+revocation, conversation ownership, migration 0003 down and up), and rate limits shared through Redis."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from datetime import timedelta
 
 import pytest
+import redis
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentloop.adapters.auth import Limits, RateLimiter, rate_limit_storage
 from agentloop.adapters.storage import SqlStore, create_sessionmaker
 from agentloop.adapters.storage.auth_repository import SqlAuthStore
 from agentloop.adapters.storage.database import alembic_config
 from agentloop.domain.auth import ApiKey, RefreshSession, Role, User
 from agentloop.domain.model import Agent, Conversation, utcnow
-from agentloop.errors import ConflictError, NotFoundError
+from agentloop.errors import ConflictError, NotFoundError, RateLimitedError
 
 
 @pytest.fixture
@@ -86,3 +90,21 @@ async def test_migration_0003_downgrades_and_upgrades(sql_engine: AsyncEngine, d
     await asyncio.to_thread(command.upgrade, config, "head")
     async with sql_engine.connect() as connection:
         assert {"users", "api_keys", "refresh_tokens"} <= await connection.run_sync(tables)
+
+
+@pytest.mark.redis
+async def test_redis_rate_limit_is_shared_between_limiters() -> None:
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    key = f"test-{secrets.token_hex(6)}"
+    url = "redis://127.0.0.1:6379/0"
+    first = RateLimiter(Limits(per_ip="2/minute"), rate_limit_storage(url))
+    second = RateLimiter(Limits(per_ip="2/minute"), rate_limit_storage(url))
+    await first.hit("ip", key)
+    await second.hit("ip", key)
+    with pytest.raises(RateLimitedError):
+        await first.hit("ip", key)

@@ -161,26 +161,3 @@ async def test_memory_rate_limit_answers_with_the_wait() -> None:
 def test_bad_rate_limit_setting() -> None:
     with pytest.raises(ValidationError, match="rate limit"):
         RateLimiter(Limits(per_ip="lots"), rate_limit_storage(None))
-
-
-@pytest.mark.redis
-async def test_redis_rate_limit_is_shared_between_limiters() -> None:
-    import os
-    import secrets
-
-    import redis
-
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
-    key = f"test-{secrets.token_hex(6)}"
-    url = "redis://127.0.0.1:6379/0"
-    first = RateLimiter(Limits(per_ip="2/minute"), rate_limit_storage(url))
-    second = RateLimiter(Limits(per_ip="2/minute"), rate_limit_storage(url))
-    await first.hit("ip", key)
-    await second.hit("ip", key)
-    with pytest.raises(RateLimitedError):
-        await first.hit("ip", key)
