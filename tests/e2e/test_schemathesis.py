@@ -27,7 +27,7 @@ from auth_helpers import bearer, fast_auth
 from fakes import FakeEngine
 
 # Per operation and generation mode; a longer hunt: FUZZ_EXAMPLES=200 pytest tests/e2e/test_schemathesis.py
-EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "4"))
+EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "3"))
 
 
 async def make_admin_key(settings: Settings) -> str:
