@@ -18,7 +18,7 @@ import structlog
 from agentloop.application.learning.masking import SECRET, mask
 
 SECRET_KEYS = re.compile(
-    r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|authorization|cookie|credential)"
+    r"(?i)^(.*[_-])?(pass(word|wd|phrase)?|pwd|secret|token|api_?key|key|authorization|cookie|credentials?)$"
 )
 # Our own API keys and refresh tokens, wherever they appear (e.g. ?access_token=alk_... in an access log).
 OWN_TOKENS = re.compile(r"\bal[kr]_[A-Za-z0-9_-]{16,}")
