@@ -176,7 +176,10 @@ async def run_python(code: str, workspace: Path, limits: SandboxLimits) -> str:
     if limits.bwrap is not None:
         command = [*_bwrap_frame(limits.bwrap, cwd), "-I", "-c", code]
         if os.geteuid() == 0:
-            os.chown(cwd, SANDBOX_UID, SANDBOX_UID)  # the only place the sandbox user may write
+            try:
+                os.chown(cwd, SANDBOX_UID, SANDBOX_UID)  # the only place the sandbox user may write
+            except OSError as exc:
+                raise ToolError(f"cannot prepare the sandbox workspace: {exc.strerror}") from exc
     else:
         command = [*limits.isolation_prefix, sys.executable, "-I", "-c", code]
     process = await asyncio.create_subprocess_exec(
