@@ -106,3 +106,19 @@ def test_serve_refuses_auth_off_on_a_non_loopback_address(cli: Any, host: str) -
     assert result.exit_code == 2, result.output
     assert f"refusing to serve without authentication on {host}" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_disable_a_user_and_revoke_a_key(cli: Any, tmp_path: Path) -> None:
+    assert cli("users", "create", "bob", input="a long password\n").exit_code == 0
+    disabled = cli("users", "disable", "bob")
+    assert disabled.exit_code == 0 and "bob disabled" in disabled.stderr
+    assert stored(tmp_path, lambda store: store.get_user_by_name("bob")).disabled
+    assert cli("users", "disable", "bob", "--enable").exit_code == 0
+    assert not stored(tmp_path, lambda store: store.get_user_by_name("bob")).disabled
+    unknown = cli("users", "disable", "ghost")
+    assert unknown.exit_code == 2 and "user ghost not found" in unknown.stderr
+
+    created = json.loads(cli("api-keys", "create", "ci", "--json").stdout)
+    assert cli("api-keys", "revoke", created["id"]).exit_code == 0
+    assert stored(tmp_path, lambda store: store.get_api_key(token_hash(created["key"]))).revoked
+    assert cli("api-keys", "revoke", "nope").exit_code == 2

@@ -142,5 +142,36 @@ def api_keys_create(
     if as_json:
         echo_json(created)
         return
-    err().print(f"created {created['role']} API key {created['name']!r} (shown once):", markup=False)
+    err().print(
+        f"created {created['role']} API key {created['name']!r}, id {created['id']} (shown once):",
+        markup=False,
+    )
     out().print(created["key"], markup=False, soft_wrap=True)
+
+
+async def _store(ctx: typer.Context, action: Any) -> None:
+    async with auth_service(ctx) as auth:
+        store = auth.store
+        assert isinstance(store, SqlAuthStore)
+        await action(store)
+
+
+@users_app.command("disable")
+def users_disable(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user name.")],
+    enable: Annotated[bool, typer.Option("--enable", help="Re-enable instead.")] = False,
+) -> None:
+    """Disable a user: logins and every token already issued to them stop working."""
+    asyncio.run(_store(ctx, lambda store: store.set_disabled(name, not enable)))
+    err().print(f"user {name} {'enabled' if enable else 'disabled'}", markup=False)
+
+
+@keys_app.command("revoke")
+def api_keys_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (from `create --json`).")],
+) -> None:
+    """Revoke an API key at once."""
+    asyncio.run(_store(ctx, lambda store: store.revoke_api_key(key_id)))
+    err().print(f"API key {key_id} revoked", markup=False)

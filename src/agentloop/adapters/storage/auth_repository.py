@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from agentloop.adapters.storage.orm import ApiKeyRow, RefreshTokenRow, UserRow
 from agentloop.adapters.storage.repository import SessionStore
 from agentloop.domain.auth import ApiKey, RefreshSession, Role, User
-from agentloop.errors import ConflictError
+from agentloop.errors import ConflictError, NotFoundError
 
 
 class SqlAuthStore(SessionStore):
@@ -42,6 +42,33 @@ class SqlAuthStore(SessionStore):
     async def list_users(self) -> list[User]:
         async with self._session() as session:
             return [_user(row) for row in await session.scalars(select(UserRow).order_by(UserRow.username))]
+
+    async def set_disabled(self, username: str, disabled: bool) -> None:
+        """Disable (or re-enable) a user: a disabled user can neither log in nor use issued tokens."""
+        async with self._session() as session:
+            changed = await session.scalar(
+                update(UserRow)
+                .where(UserRow.username == username)
+                .values(disabled=disabled)
+                .returning(UserRow.id)
+                .execution_options(synchronize_session=False)
+            )
+            if changed is None:
+                raise NotFoundError("user", username)
+            await session.commit()
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        async with self._session() as session:
+            changed = await session.scalar(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id)
+                .values(revoked=True)
+                .returning(ApiKeyRow.id)
+                .execution_options(synchronize_session=False)
+            )
+            if changed is None:
+                raise NotFoundError("API key", key_id)
+            await session.commit()
 
     async def add_api_key(self, key: ApiKey) -> None:
         async with self._session() as session:
