@@ -12,6 +12,15 @@ if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$PYTHON" -m venv .venv
 fi
+# The python tool's sandbox (bubblewrap) confines code to its workspace; best effort, as without it the tool
+# falls back to rlimits and `unshare --net` (`agentloop doctor` says which one is in force).
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "==> installing bubblewrap (the python tool's sandbox)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
+        || echo "    could not install bubblewrap; the python tool falls back to rlimits"
+fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip wheel setuptools
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 from agentloop.application.ports import Completion, GenerationRequest, Token
+from agentloop.domain.auth import ApiKey, RefreshSession, User
 from agentloop.domain.events import Event
 from agentloop.domain.model import Agent, Conversation, Message, Usage
-from agentloop.errors import NotFoundError
+from agentloop.errors import AuthenticationError, NotFoundError
 
 
 class FakeEngine:
@@ -116,3 +119,77 @@ class FakeStore:
         conversation.messages.extend(messages)
         self.events.extend(events)
         self.commits += 1
+
+
+class FakeHasher:
+    """A PasswordHasher that is instant (and obviously not secure): tests of the auth service's logic."""
+
+    def hash(self, password: str) -> str:
+        return "fake$" + password[::-1]
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        return password_hash == self.hash(password)
+
+
+class FakeCodec:
+    """A TokenCodec that 'signs' by wrapping the claims in JSON with a marker; refuses anything else."""
+
+    def encode(self, claims: dict[str, Any]) -> str:
+        return "signed." + json.dumps(claims, sort_keys=True)
+
+    def decode(self, token: str) -> dict[str, Any]:
+        if not token.startswith("signed."):
+            raise AuthenticationError("token signature is invalid")
+        claims: dict[str, Any] = json.loads(token.removeprefix("signed."))
+        return claims
+
+
+class FakeAuthStore:
+    """The AuthStore port in dictionaries; `lose_rotation_race` makes the next use_session lose."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+        self.keys: dict[str, ApiKey] = {}
+        self.sessions: dict[str, RefreshSession] = {}
+        self.lose_rotation_race = False
+
+    async def add_user(self, user: User) -> None:
+        self.users[user.id] = dataclasses.replace(user)
+
+    async def get_user(self, user_id: str) -> User | None:
+        return self.users.get(user_id)
+
+    async def get_user_by_name(self, username: str) -> User | None:
+        return next((u for u in self.users.values() if u.username == username), None)
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        self.keys[key.key_hash] = dataclasses.replace(key)
+
+    async def get_api_key(self, key_hash: str) -> ApiKey | None:
+        return self.keys.get(key_hash)
+
+    async def add_session(self, session: RefreshSession) -> None:
+        self.sessions[session.token_hash] = dataclasses.replace(session)
+
+    async def get_session(self, token_hash: str) -> RefreshSession | None:
+        found = self.sessions.get(token_hash)
+        return None if found is None else dataclasses.replace(found)
+
+    async def use_session(self, session_id: str) -> bool:
+        session = next(s for s in self.sessions.values() if s.id == session_id)
+        if self.lose_rotation_race:
+            self.lose_rotation_race = False
+            session.used = True
+            return False
+        if session.used:
+            return False
+        session.used = True
+        return True
+
+    async def revoke_family(self, family_id: str) -> None:
+        for session in self.sessions.values():
+            if session.family_id == family_id:
+                session.revoked = True
+
+    async def family_revoked(self, family_id: str) -> bool:
+        return any(s.revoked for s in self.sessions.values() if s.family_id == family_id)

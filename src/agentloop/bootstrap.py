@@ -10,6 +10,16 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from agentloop.adapters.auth import (
+    Argon2Hasher,
+    JwtCodec,
+    KeyPair,
+    Limits,
+    RateLimiter,
+    ensure_key_pair,
+    load_key_pair,
+    rate_limit_storage,
+)
 from agentloop.adapters.learning import (
     EngineEvaluator,
     StoredDatasetSource,
@@ -19,11 +29,13 @@ from agentloop.adapters.learning import (
 from agentloop.adapters.metrics import Metrics, ObservedEngine, metrics_for_process
 from agentloop.adapters.model_files import ModelFile
 from agentloop.adapters.queue import HueyQueue, make_huey
+from agentloop.adapters.storage.auth_repository import SqlAuthStore
 from agentloop.adapters.storage.database import create_engine, upgrade
 from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.adapters.storage.repository import SqlStore
 from agentloop.adapters.tools import builtin_tools
 from agentloop.application.agent import AgentService
+from agentloop.application.auth import AuthConfig, AuthService
 from agentloop.application.learning.registry import ModelRegistry, RecordOnlyHost, adapter_host_of
 from agentloop.application.learning.service import LearningConfig, LearningService
 from agentloop.application.ports import AdapterHost, InferenceEngine
@@ -48,6 +60,8 @@ class Container:
     registry: ModelRegistry
     learning: LearningService
     queue: HueyQueue
+    auth: AuthService
+    limiter: RateLimiter
     metrics: Metrics = field(default_factory=metrics_for_process)
 
 
@@ -151,6 +165,11 @@ async def bootstrap(
             registry,
             learning,
             queue,
+            build_auth(settings, SqlAuthStore(sessions), overrides.get("keys")),
+            RateLimiter(
+                Limits(settings.rate_limit_user, settings.rate_limit_ip, settings.rate_limit_login),
+                rate_limit_storage(settings.redis_url),
+            ),
             metrics,
         )
     finally:
@@ -162,6 +181,25 @@ async def bootstrap(
         if close is not None:
             await close()
         await database.dispose()
+
+
+def jwt_keys(settings: Settings) -> KeyPair:
+    """The configured key files, or a pair generated once into the data directory."""
+    if settings.jwt_private_key_file is not None:
+        return load_key_pair(settings.jwt_private_key_file, settings.jwt_public_key_file)
+    return ensure_key_pair(settings.key_dir)
+
+
+def build_auth(settings: Settings, store: SqlAuthStore, keys: KeyPair | None = None) -> AuthService:
+    codec = JwtCodec(keys or jwt_keys(settings), settings.jwt_issuer, settings.jwt_audience)
+    hasher = Argon2Hasher(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
+    config = AuthConfig(
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        settings.access_token_ttl_s,
+        settings.refresh_token_ttl_s,
+    )
+    return AuthService(store, hasher, codec, config)
 
 
 def build_learning(

@@ -4,7 +4,11 @@ entrypoints map them to HTTP statuses and CLI exit codes in one place each.
 AgentLoopError
 ├── NotFoundError            unknown agent, conversation, message, model version (HTTP 404)
 ├── ValidationError          bad input from a caller: out-of-range parameter, unknown tool (HTTP 422)
-│   └── ContextOverflowError the prompt does not fit the model's context window (HTTP 413)
+│   ├── ContextOverflowError the prompt does not fit the model's context window (HTTP 413)
+│   └── PayloadTooLargeError a request body or field over its size limit (HTTP 413)
+├── AuthenticationError      no, an invalid or an expired credential (HTTP 401)
+├── PermissionDeniedError    authenticated, but the role does not allow it (HTTP 403)
+├── RateLimitedError         too many requests; carries retry_after_s (HTTP 429)
 ├── ConflictError            the request clashes with the current state: a job already running (HTTP 409)
 ├── ToolError                a tool failed or timed out; becomes an observation for the model, never a crash
 ├── TrainingError            a training job failed: too few examples, the trainer process crashed
@@ -66,3 +70,21 @@ class EngineNotReadyError(InferenceError):
 
 class StorageError(AgentLoopError):
     pass
+
+
+class PayloadTooLargeError(ValidationError):
+    pass
+
+
+class AuthenticationError(AgentLoopError):
+    pass
+
+
+class PermissionDeniedError(AgentLoopError):
+    pass
+
+
+class RateLimitedError(AgentLoopError):
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)

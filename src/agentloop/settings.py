@@ -66,12 +66,46 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")
+    auth_enabled: bool = Field(
+        True,
+        description="Require a token or API key on the API. Off only on a loopback address: every request "
+        "then acts as a local admin.",
+    )
+    jwt_private_key_file: Path | None = Field(
+        None, description="PEM RSA private key that signs access tokens; default: generated in data_dir/keys."
+    )
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM public key checked against the private one; default: derived from it."
+    )
+    jwt_issuer: str = Field("agentloop", min_length=1, description="`iss` of access tokens, checked.")
+    jwt_audience: str = Field("agentloop-api", min_length=1, description="`aud` of access tokens, checked.")
+    access_token_ttl_s: int = Field(1800, ge=60, le=86400, description="Lifetime of an access token.")
+    refresh_token_ttl_s: int = Field(86400, ge=300, description="Lifetime of a refresh token.")
+    # OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane): tens of milliseconds on a small CPU.
+    argon2_time_cost: int = Field(2, ge=1, description="argon2id passes over memory for password hashes.")
+    argon2_memory_kib: int = Field(19456, ge=8, description="argon2id memory per password hash, in KiB.")
+    argon2_parallelism: int = Field(1, ge=1, description="argon2id lanes per password hash.")
+    rate_limit_user: str = Field("120/minute", description="Requests per authenticated user (limits syntax).")
+    rate_limit_ip: str = Field("600/minute", description="Requests per client IP address.")
+    rate_limit_login: str = Field("10/minute", description="Login and refresh attempts per client address.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body (413 above).")
+    max_tools_per_request: int = Field(32, ge=1, description="Most tools one chat completion may declare.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser (comma-separated)."
+    )
 
     @field_validator("fetch_allowed_hosts", "eval_suites", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
 
     @property
@@ -83,6 +117,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.resolved_data_dir / 'agentloop.db'}"
+
+    @property
+    def key_dir(self) -> Path:
+        return self.resolved_data_dir / "keys"
 
     @property
     def workspace_dir(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from starlette.websockets import WebSocketDisconnect
 from agentloop.entrypoints.api import create_app
 from agentloop.errors import InferenceError
 from agentloop.settings import Settings
+from auth_helpers import admin_key, bearer, fast_auth
 from fakes import FakeEngine  # tests/ is on sys.path through tests/conftest.py
 
 CALC_CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
@@ -37,7 +39,7 @@ CALC_TOOL: Any = {
 
 
 def settings_for(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", _env_file=None)  # type: ignore[call-arg]
+    return Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", _env_file=None, **fast_auth())  # type: ignore[call-arg]
 
 
 @pytest.fixture
@@ -54,7 +56,17 @@ async def app(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+    async with admin_client(app) as client:
+        yield client
+
+
+@asynccontextmanager
+async def admin_client(app: FastAPI, **transport: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on a started app, holding a fresh admin API key."""
+    headers = bearer(await admin_key(app))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app, **transport), base_url="http://test", headers=headers
+    ) as client:
         yield client
 
 
@@ -63,7 +75,7 @@ async def oai(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
     # openai's client is built on httpx2 but also takes a classic httpx client, which mypy does not know.
     http: Any = httpx.AsyncClient(transport=httpx.ASGITransport(app))
     async with openai.AsyncOpenAI(
-        base_url="http://test/v1", api_key="x", http_client=http, max_retries=0
+        base_url="http://test/v1", api_key=await admin_key(app), http_client=http, max_retries=0
     ) as oai:
         yield oai
 
@@ -232,10 +244,7 @@ async def test_engine_failure_is_503_with_retry_after(client: httpx.AsyncClient,
 
 async def test_oversized_prompt_is_413(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path), engine=FakeEngine(context_size=300))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client,
-    ):
+    async with app.router.lifespan_context(app), admin_client(app) as client:
         conversation_id = await new_conversation(client)
         response = await client.post(
             f"/api/v1/conversations/{conversation_id}/messages", json={"content": "hi"}
@@ -246,8 +255,7 @@ async def test_oversized_prompt_is_413(tmp_path: Path) -> None:
 
 async def test_unexpected_error_is_a_generic_500(app: FastAPI, engine: FakeEngine) -> None:
     # The engine has no scripted reply: it raises AssertionError, which nothing maps.
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with admin_client(app, raise_app_exceptions=False) as client:
         conversation_id = await new_conversation(client)
         response = await client.post(
             f"/api/v1/conversations/{conversation_id}/messages", json={"content": "hi"}
@@ -300,7 +308,10 @@ async def call_then_disconnect(
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {await admin_key(app)}".encode()),
+        ],
         "client": ("test", 1),
         "server": ("test", 80),
         "state": {},
@@ -509,10 +520,7 @@ async def test_openai_errors_use_openai_shape(oai: openai.AsyncOpenAI, client: h
 
 async def test_openai_context_overflow(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path), engine=FakeEngine(context_size=300))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client,
-    ):
+    async with app.router.lifespan_context(app), admin_client(app) as client:
         body = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}], "stream": True}
         response = await client.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
@@ -530,7 +538,9 @@ async def test_openai_models(oai: openai.AsyncOpenAI) -> None:
 
 @pytest.fixture
 def ws_client(tmp_path: Path, engine: FakeEngine) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(tmp_path), engine=engine)) as client:
+    app = create_app(settings_for(tmp_path), engine=engine)
+    with TestClient(app) as client:
+        client.headers.update(bearer(client.portal.call(admin_key, app)))
         yield client
 
 

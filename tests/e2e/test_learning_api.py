@@ -21,6 +21,7 @@ from agentloop.domain.learning import BASE_VERSION, JobStatus, ModelVersion, Ver
 from agentloop.entrypoints.api import create_app
 from agentloop.entrypoints.api import learning as learning_routes
 from agentloop.settings import Settings
+from auth_helpers import admin_key, bearer, fast_auth
 from fakes import FakeEngine
 
 BASE_SHA = "b" * 64
@@ -40,7 +41,9 @@ class SwappingEngine(FakeEngine):
 
 
 def settings_for(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", version_poll_s=0.05, _env_file=None)  # type: ignore[call-arg]
+    return Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path, cache_dir=tmp_path / "cache", version_poll_s=0.05, _env_file=None, **fast_auth()
+    )
 
 
 @pytest.fixture
@@ -57,7 +60,9 @@ async def app(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+    headers = bearer(await admin_key(app))
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
         yield client
 
 
@@ -289,6 +294,8 @@ async def wait_served(
 def sync_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setattr(learning_routes, "JOB_POLL_S", 0.02)
     with TestClient(create_app(settings_for(tmp_path / "data"), engine=SwappingEngine())) as client:
+        assert client.portal is not None
+        client.headers.update(bearer(client.portal.call(admin_key, cast(FastAPI, client.app))))
         yield client
 
 
@@ -322,7 +329,9 @@ def test_training_progress_streams_over_the_websocket(sync_client: TestClient) -
         job.progress = {"stage": "train", "step": step, "max_steps": 4, "loss": 1.0 / step, "eta_s": 4 - step}
         await store.save_job(job)
 
-    with sync_client.websocket_connect(f"/api/v1/training/jobs/{job_id}/ws") as websocket:
+    token = sync_client.headers["Authorization"].removeprefix("Bearer ")
+    url = f"/api/v1/training/jobs/{job_id}/ws?access_token={token}"
+    with sync_client.websocket_connect(url) as websocket:
         first = websocket.receive_json()
         assert first["type"] == "job" and first["job"]["status"] == "queued"
         seen = []
@@ -337,8 +346,18 @@ def test_training_progress_streams_over_the_websocket(sync_client: TestClient) -
         assert websocket.receive_json() == {"type": "end", "status": "cancelled"}
 
 
-def test_training_progress_socket_unknown_job_closes_4404(sync_client: TestClient) -> None:
+def test_training_progress_socket_needs_a_trainer(sync_client: TestClient) -> None:
+    sync_client.headers.pop("Authorization")
     with sync_client.websocket_connect("/api/v1/training/jobs/nope/ws") as websocket:
+        assert websocket.receive_json()["status"] == 401
+        with pytest.raises(WebSocketDisconnect) as closed:
+            websocket.receive_json()
+    assert closed.value.code == 1008
+
+
+def test_training_progress_socket_unknown_job_closes_4404(sync_client: TestClient) -> None:
+    token = sync_client.headers["Authorization"].removeprefix("Bearer ")
+    with sync_client.websocket_connect(f"/api/v1/training/jobs/nope/ws?access_token={token}") as websocket:
         assert websocket.receive_json()["status"] == 404
         with pytest.raises(WebSocketDisconnect) as closed:
             websocket.receive_json()

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentloop.entrypoints.api import create_app
 from agentloop.settings import Settings
+from auth_helpers import admin_key, bearer, fast_auth
 from fakes import FakeEngine
 
 CALC_CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
@@ -29,7 +30,7 @@ def engine() -> FakeEngine:
 @pytest.fixture
 async def app(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[FastAPI]:
     settings = Settings(  # type: ignore[call-arg]
-        data_dir=tmp_path, cache_dir=tmp_path / "cache", log_json=True, _env_file=None
+        data_dir=tmp_path, cache_dir=tmp_path / "cache", log_json=True, _env_file=None, **fast_auth()
     )
     app = create_app(settings, engine=engine)
     async with app.router.lifespan_context(app):
@@ -38,7 +39,9 @@ async def app(tmp_path: Path, engine: FakeEngine) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as client:
+    headers = bearer(await admin_key(app))
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
         yield client
 
 

@@ -74,6 +74,11 @@ class Server:
     port: int
     data_dir: Path
     log: Path
+    key: str = ""  # an admin API key, made with `agentloop api-keys create` on the server's data dir
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
     @property
     def url(self) -> str:
@@ -140,10 +145,36 @@ def start_server(data_dir: Path, cache_dir: Path, name: str = "server") -> Serve
     server = Server(process, port, data_dir, log)
     try:
         server.wait_ready()
+        server.key = admin_key_for(data_dir, cache_dir)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def run_cli(data_dir: Path, cache_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*agentloop_command(), "--data-dir", str(data_dir), *args],
+        env=process_env(data_dir, cache_dir),
+        cwd=data_dir.parent,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+_KEYS: dict[Path, str] = {}
+
+
+def admin_key_for(data_dir: Path, cache_dir: Path) -> str:
+    """One admin API key per data dir, made by the CLI as an operator would."""
+    if data_dir not in _KEYS:
+        done = run_cli(data_dir, cache_dir, "api-keys", "create", "e2e", "--role", "admin")
+        assert done.returncode == 0, done.stderr
+        _KEYS[data_dir] = done.stdout.strip()
+    return _KEYS[data_dir]
 
 
 @pytest.fixture(scope="module")
@@ -183,19 +214,23 @@ def server(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture
 def oai(server: Server) -> Iterator[OpenAI]:
     with OpenAI(
-        base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=TURN_TIMEOUT_S
+        base_url=f"{server.url}/v1", api_key=server.key, max_retries=0, timeout=TURN_TIMEOUT_S
     ) as client:
         yield client
 
 
 def new_conversation(server: Server, title: str) -> str:
-    response = httpx.post(f"{server.url}/api/v1/conversations", json={"title": title}, timeout=10)
+    response = httpx.post(
+        f"{server.url}/api/v1/conversations", json={"title": title}, headers=server.headers, timeout=10
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
 def get_conversation(server: Server, conversation_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{server.url}/api/v1/conversations/{conversation_id}", timeout=10)
+    response = httpx.get(
+        f"{server.url}/api/v1/conversations/{conversation_id}", headers=server.headers, timeout=10
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -257,7 +292,7 @@ def test_openai_client_streams_chunks_and_a_finish_reason(oai: OpenAI) -> None:
 
 def test_websocket_turn_streams_the_calculator_step_and_the_answer(server: Server) -> None:
     conversation_id = new_conversation(server, "websocket")
-    url = f"ws://127.0.0.1:{server.port}/api/v1/conversations/{conversation_id}/ws"
+    url = f"ws://127.0.0.1:{server.port}/api/v1/conversations/{conversation_id}/ws?access_token={server.key}"
     events: list[dict[str, Any]] = []
     with connect(url, open_timeout=10) as socket_:
         socket_.send(json.dumps({"content": "What is 12*7?"}))
@@ -311,6 +346,7 @@ def test_conversations_survive_a_server_restart(launch: Callable[[Path], Server]
     response = httpx.post(
         f"{first.url}/api/v1/conversations/{conversation_id}/messages",
         json={"content": "Hi! Who are you?"},
+        headers=first.headers,
         timeout=TURN_TIMEOUT_S,
     )
     assert response.status_code == 200, f"{response.text}\n{first.log_tail()}"
@@ -324,5 +360,5 @@ def test_conversations_survive_a_server_restart(launch: Callable[[Path], Server]
     after = get_conversation(second, conversation_id)
     assert after["title"] == "restart"
     assert after["messages"] == before["messages"]
-    listed = httpx.get(f"{second.url}/api/v1/conversations", timeout=10).json()
+    listed = httpx.get(f"{second.url}/api/v1/conversations", headers=second.headers, timeout=10).json()
     assert [c["id"] for c in listed["items"]] == [conversation_id]

@@ -21,10 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_server_process import (  # tests/e2e is on sys.path: reuse the real-server helpers
     TURN_TIMEOUT_S,
     Server,
+    admin_key_for,
     agentloop_command,
     cache_dir,  # noqa: F401  (a fixture)
     free_port,
     process_env,
+    run_cli,
 )
 
 from agentloop.adapters.storage import create_engine, create_sessionmaker
@@ -46,6 +48,9 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TURN_MS = TURN_TIMEOUT_S * 1000
 JOB_MS = 120_000
+# Made with `agentloop users create` before the server starts; the page signs in with them.
+ADMIN = ("ada", "correct horse battery staple")
+VIEWER = ("bob", "another long passphrase")
 
 
 def shot(page: Any, name: str) -> None:
@@ -72,9 +77,20 @@ def start_json_logging_server(data_dir: Path, cache: Path) -> Server:
     return server
 
 
+def create_user(data_dir: Path, cache: Path, credentials: tuple[str, str], role: str) -> None:
+    name, password = credentials
+    done = run_cli(data_dir, cache, "users", "create", name, "--role", role, stdin=password + "\n")
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def served(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
-    server = start_json_logging_server(tmp_path_factory.mktemp("web") / "data", cache_dir)
+    data_dir = tmp_path_factory.mktemp("web") / "data"
+    run_cli(data_dir, cache_dir, "db", "upgrade")
+    create_user(data_dir, cache_dir, ADMIN, "admin")
+    create_user(data_dir, cache_dir, VIEWER, "user")
+    server = start_json_logging_server(data_dir, cache_dir)
+    server.key = admin_key_for(data_dir, cache_dir)
     try:
         yield server
     finally:
@@ -137,8 +153,18 @@ def seed_evaluated_candidate(data_dir: Path) -> None:
         pool.submit(asyncio.run, add()).result()
 
 
+def sign_in(page: Any, credentials: tuple[str, str]) -> None:
+    page.goto("/")
+    expect(page.locator("#signin")).to_be_visible()  # auth is on: /api/v1/auth/me answers 401
+    expect(page.locator("#app")).to_be_hidden()
+    page.fill("#signin-username", credentials[0])
+    page.fill("#signin-password", credentials[1])
+    page.click("#signin-form button[type='submit']")
+    expect(page.locator("#app")).to_be_visible()
+
+
 def api(server: Server, path: str) -> Any:
-    response = httpx.get(f"{server.url}{path}", timeout=10)
+    response = httpx.get(f"{server.url}{path}", headers=server.headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -152,8 +178,15 @@ def test_chat_shows_the_tool_step_and_the_answer_and_stores_a_rating(page: Any, 
         "websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(json.loads(payload)))
     )
     page.goto("/")
-    expect(page.locator("#app")).to_be_visible()  # no sign-in on this server: /api/v1/auth/me is 404
-    expect(page.locator("#signin")).to_be_hidden()
+    expect(page.locator("#signin")).to_be_visible()
+    page.fill("#signin-username", ADMIN[0])
+    page.fill("#signin-password", "wrong password")
+    page.click("#signin-form button[type='submit']")
+    expect(page.locator("#signin-error")).not_to_be_empty()
+    expect(page.locator("#app")).to_be_hidden()
+    shot(page, "0-signin")
+    sign_in(page, ADMIN)
+    expect(page.locator("#user")).to_have_text("ada (admin)")
     shot(page, "1-start")
 
     page.fill("#prompt", "What is 12*7?")
@@ -269,48 +302,19 @@ def test_metrics_add_up_the_server_and_its_worker(served: Server) -> None:
     assert get("agent_events_processed_total", event="TrainingFailed") == 1
 
 
-def test_sign_in_follows_the_auth_contract(browser: Any, served: Server) -> None:
-    """Where /api/v1/auth/me answers 401 the page asks for a sign-in, keeps the token for the tab and sends it
-    as a bearer token; a role other than admin may look at the models but not switch them. (This server has
-    no auth routes yet: the browser answers them as the security issue's server will.)"""
+def test_a_plain_user_signs_in_and_may_not_switch_models(browser: Any, served: Server) -> None:
+    """A `user` signs in with a real token (kept for the tab only), sees no one else's conversations, and the
+    page offers no promote or rollback; signing out forgets the token."""
     context = browser.new_context(base_url=served.url, viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page.set_default_timeout(15_000)
-    tokens = {"access_token": "tok-1", "refresh_token": "ref-1", "token_type": "bearer", "expires_in": 900}
-    sent: dict[str, Any] = {}
-
-    def me(route: Any) -> None:
-        signed_in = route.request.headers.get("authorization") == "Bearer tok-1"
-        body = {"username": "ada", "role": "viewer"} if signed_in else {"detail": "not signed in"}
-        route.fulfill(status=200 if signed_in else 401, json=body)
-
-    def token(route: Any) -> None:
-        sent["credentials"] = route.request.post_data_json
-        route.fulfill(status=200, json=tokens)
-
-    def models(route: Any) -> None:
-        sent.setdefault("models", route.request.headers.get("authorization"))
-        route.continue_()
-
-    page.route("**/api/v1/auth/me", me)
-    page.route("**/api/v1/auth/token", token)
-    page.route("**/api/v1/models", models)
     try:
-        page.goto("/")
-        expect(page.locator("#signin")).to_be_visible()
-        expect(page.locator("#app")).to_be_hidden()
-        page.fill("#signin-username", "ada")
-        page.fill("#signin-password", "secret")
-        shot(page, "0-signin")
-        page.click("#signin-form button[type='submit']")
-        expect(page.locator("#app")).to_be_visible()
-        expect(page.locator("#user")).to_have_text("ada (viewer)")
-        assert sent["credentials"] == {"username": "ada", "password": "secret"}
-        assert page.evaluate("sessionStorage.getItem('agentloop.access_token')") == "tok-1"
-        page.click(".tab[data-view='models']")
-        expect(page.locator("#versions tr[data-version='base']")).to_be_visible()
-        assert sent["models"] == "Bearer tok-1"
-        expect(page.locator("#rollback")).to_be_disabled()
+        sign_in(page, VIEWER)
+        expect(page.locator("#user")).to_have_text("bob (user)")
+        token = page.evaluate("sessionStorage.getItem('agentloop.access_token')")
+        me = httpx.get(f"{served.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert (me.json()["username"], me.json()["role"]) == ("bob", "user")
+        expect(page.locator("#conversations .conversation")).to_have_count(0)  # ada's are not listed
         page.click("#sign-out")
         expect(page.locator("#signin")).to_be_visible()
         assert page.evaluate("sessionStorage.getItem('agentloop.access_token')") is None

@@ -34,6 +34,9 @@ TABLES = {
     "events",
     "feedback",
     "model_versions",
+    "users",
+    "api_keys",
+    "refresh_tokens",
     "training_jobs",
     "datasets",
 }
@@ -133,7 +136,7 @@ async def test_migrations_create_tables_and_upgrade_is_idempotent(database_url: 
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
             versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars()
-            assert list(versions) == ["0002"]
+            assert list(versions) == ["0003"]
     finally:
         await engine.dispose()
     assert tables == TABLES | {"alembic_version"}

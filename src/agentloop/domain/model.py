@@ -119,3 +119,4 @@ class Conversation:
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    owner_id: str | None = None

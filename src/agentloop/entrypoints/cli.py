@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import os
 import platform
 import socket
@@ -34,9 +35,11 @@ from agentloop.adapters.logs import configure_logging
 from agentloop.adapters.metrics import multiprocess_dir, prepare_multiprocess, process_exited
 from agentloop.adapters.model_files import ensure_model
 from agentloop.adapters.storage.database import create_engine, ping, upgrade
+from agentloop.adapters.tools.sandbox import bwrap_path, network_isolation_prefix
 from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
+from agentloop.entrypoints.cli_auth import register as register_auth
 from agentloop.entrypoints.cli_learning import register as register_learning
 from agentloop.entrypoints.cli_render import (
     Check,
@@ -88,6 +91,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(conversations_app, name="conversations")
 register_learning(app)
 register_training(app)
+register_auth(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ConversationOption = Annotated[
@@ -176,6 +180,13 @@ def serve(
 
     wired = wiring(ctx)
     settings = wired.settings
+    bind = host or settings.host
+    if not settings.auth_enabled and not is_loopback_bind(bind):
+        raise ValidationError(
+            f"refusing to serve without authentication on {bind}: AGENTLOOP_AUTH_ENABLED=false is allowed "
+            "only on a loopback address (127.0.0.1, ::1, localhost)",
+            field="auth_enabled",
+        )
     if "engine" not in wired.overrides:
         # A missing model fails here in one line instead of as a traceback from the app's lifespan; the
         # lifespan's own ensure_model then finds the file (and its hash) ready.
@@ -189,11 +200,12 @@ def serve(
     config = uvicorn.Config(
         partial(create_app, settings, **wired.overrides),
         factory=True,
-        host=host or settings.host,
+        host=bind,
         port=port or settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,
+        ws_max_size=settings.max_body_bytes,
     )
     worker = start_worker(wired) if settings.embedded_worker and not wired.overrides else None
     try:
@@ -203,6 +215,16 @@ def serve(
             worker.terminate()
             worker.wait(timeout=30)
             process_exited(worker.pid)
+
+
+def is_loopback_bind(host: str) -> bool:
+    """True when the bind address `host` listens on loopback only (0.0.0.0 and '' listen everywhere)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def start_worker(wired: Wiring) -> subprocess.Popen[bytes]:
@@ -427,6 +449,16 @@ def check_data_dir(settings: Settings) -> Finding:
     return f"{path}{note}", {"path": str(path), "exists": existing == path}
 
 
+def check_sandbox(_: Settings) -> Finding:
+    # Reported, never failed: without bubblewrap the python tool still runs, with weaker containment.
+    bwrap = bwrap_path()
+    if bwrap is not None:
+        return f"bubblewrap ({bwrap}): own namespaces, read-only /usr, workspace only", {"isolation": "bwrap"}
+    net = " + unshare --net" if network_isolation_prefix() else ""
+    detail = f"rlimits{net} only: install bubblewrap (apt-get install bubblewrap) to confine the file system"
+    return detail, {"isolation": "unshare" if net else "rlimits"}
+
+
 DOCTOR_CHECKS: dict[str, Callable[[Settings], Finding]] = {
     "python": check_python,
     "agentloop": check_agentloop,
@@ -436,6 +468,7 @@ DOCTOR_CHECKS: dict[str, Callable[[Settings], Finding]] = {
     "model": check_model,
     "database": check_database,
     "data dir": check_data_dir,
+    "sandbox": check_sandbox,
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from agentloop.application.ports import Completion, GenerationRequest, OutputConstraint, Token
 from agentloop.domain.model import Usage
-from agentloop.errors import ContextOverflowError, EngineNotReadyError, InferenceError
+from agentloop.errors import ContextOverflowError, EngineNotReadyError, InferenceError, ValidationError
 
 # The text branch of a decision only fixes the first character (not whitespace, not the call's "<"); after
 # that the engine drops the grammar, because checking 262k vocabulary entries per token is slow.
@@ -251,7 +251,8 @@ class LlamaEngine:
             job.emit(_Generation(self, job).run())
         except Exception as exc:
             error = (
-                exc if isinstance(exc, InferenceError | ContextOverflowError) else InferenceError(str(exc))
+                # A caller's mistake (context overflow, an unusable tool schema) stays a 4xx.
+                exc if isinstance(exc, InferenceError | ValidationError) else InferenceError(str(exc))
             )
             job.emit(error)
 
@@ -270,7 +271,12 @@ class LlamaEngine:
         if key not in self._grammars:
             if len(self._grammars) > 64:
                 self._grammars.clear()
-            self._grammars[key] = LlamaGrammar.from_string(constraint_grammar(constraint), verbose=False)
+            try:
+                self._grammars[key] = LlamaGrammar.from_string(constraint_grammar(constraint), verbose=False)
+            except Exception as exc:  # the converter asserts on schema features it does not support
+                raise ValidationError(
+                    f"a tool's parameters cannot be turned into a grammar: {exc}", field="tools"
+                ) from exc
         return self._grammars[key]
 
 

@@ -108,10 +108,22 @@ class SqlStore(SessionStore):
                 raise NotFoundError("conversation", conversation_id)
             return _conversation(row, [_message(message) for message in row.messages])
 
+    async def conversation_owner(self, conversation_id: str) -> str | None:
+        """The owner of a conversation (None: unowned); NotFoundError if there is no such conversation."""
+        async with self._session() as session:
+            row = await session.execute(
+                select(ConversationRow.owner_id).where(ConversationRow.id == conversation_id)
+            )
+            found = row.first()
+            if found is None:
+                raise NotFoundError("conversation", conversation_id)
+            return found[0]
+
     async def list_conversations(
-        self, limit: int, offset: int, agent_id: str | None = None
+        self, limit: int, offset: int, agent_id: str | None = None, owner_id: str | None = None
     ) -> tuple[list[Conversation], int]:
-        """One page of conversations without their messages, most recently updated first, and the total."""
+        """One page of conversations without their messages, most recently updated first, and the total;
+        only `owner_id`'s when given."""
         if limit < 0 or offset < 0:
             raise ValidationError(
                 "limit and offset must not be negative", field="limit" if limit < 0 else "offset"
@@ -121,6 +133,9 @@ class SqlStore(SessionStore):
         if agent_id is not None:
             page = page.where(ConversationRow.agent_id == agent_id)
             count = count.where(ConversationRow.agent_id == agent_id)
+        if owner_id is not None:
+            page = page.where(ConversationRow.owner_id == owner_id)
+            count = count.where(ConversationRow.owner_id == owner_id)
         async with self._session() as session:
             total = await session.scalar(count) or 0
             rows = await session.scalars(page.limit(limit).offset(offset))
@@ -230,6 +245,7 @@ def _conversation_row(conversation: Conversation) -> ConversationRow:
         source=conversation.source,
         created_at=conversation.created_at,
         updated_at=conversation.updated_at,
+        owner_id=conversation.owner_id,
     )
 
 
@@ -242,6 +258,7 @@ def _conversation(row: ConversationRow, messages: list[Message]) -> Conversation
         messages=messages,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        owner_id=row.owner_id,
     )
 
 

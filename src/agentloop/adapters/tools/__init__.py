@@ -5,7 +5,7 @@ from __future__ import annotations
 from agentloop.adapters.tools.calculator import calculator_tool
 from agentloop.adapters.tools.clock import clock_tool
 from agentloop.adapters.tools.files import file_tools
-from agentloop.adapters.tools.sandbox import SandboxLimits, network_isolation_prefix, python_tool
+from agentloop.adapters.tools.sandbox import SandboxLimits, bwrap_path, network_isolation_prefix, python_tool
 from agentloop.adapters.tools.web import UrlFetcher, fetch_tool
 from agentloop.application.tools import Tool
 from agentloop.settings import Settings
@@ -22,6 +22,7 @@ def builtin_tools(settings: Settings) -> list[Tool]:
         timeout_s=settings.python_timeout_s,
         memory_mb=settings.python_memory_mb,
         isolation_prefix=network_isolation_prefix(),
+        bwrap=bwrap_path(),
     )
     allowed_hosts = tuple(host.strip().rstrip(".").lower() for host in settings.fetch_allowed_hosts)
     return [

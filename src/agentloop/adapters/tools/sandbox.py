@@ -1,19 +1,26 @@
 """The `python` tool: runs code in a separate, resource-limited process inside the conversation's workspace.
 
-This is containment for a small model's mistakes (endless loops, memory bombs, runaway output), not a
-security boundary against a hostile user: the code runs as the server's user and can read what it can read.
+With bubblewrap (`bwrap`, found at start) the code runs in its own mount, PID, network, IPC and UTS
+namespaces: it sees /usr, the interpreter and its workspace (mounted at /workspace, the only writable
+place), no /etc, no /home, no data directory, no network; a server running as root drops it to the
+unprivileged user `nobody` (so the process-count limit holds) with no capabilities and no_new_privs.
+Without bubblewrap it falls back to `unshare --net` and rlimits only: containment for a small model's
+mistakes, not a boundary against a hostile user (`agentloop doctor` says which one is in force).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +46,12 @@ _ISOLATION_CANDIDATES: tuple[tuple[str, ...], ...] = (
 )
 
 
+SANDBOX_UID = 65534  # nobody
+SANDBOX_WORKSPACE = "/workspace"
+SANDBOX_PYTHON = "/python"
+SANDBOX_PATH = "/usr/bin:/bin"
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 10.0
@@ -47,6 +60,98 @@ class SandboxLimits:
     max_processes: int = 64
     # Prepended to the command, e.g. ("unshare", "--net", "--"); empty = no network isolation.
     isolation_prefix: tuple[str, ...] = ()
+    # A working bubblewrap binary: the code then runs in the confined file system described above.
+    bwrap: str | None = None
+
+
+@functools.cache
+def bwrap_path() -> str | None:
+    """The bubblewrap binary when it can build the sandbox here (probed once per process), else None."""
+    found = shutil.which("bwrap", path=SAFE_PATH)
+    if found is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="agentloop-probe-") as scratch:
+        try:
+            command = [*_bwrap_frame(found, Path(scratch)), "-I", "-c", "pass"]
+            probe = subprocess.run(command, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return found if probe.returncode == 0 else None
+
+
+def _usr_links() -> list[str]:
+    # Merged-/usr systems have /bin, /lib... as links into /usr; older ones have real folders.
+    args: list[str] = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", str(path.readlink()), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def _interpreter() -> tuple[list[str], str]:
+    """Mounts that make the interpreter visible inside, and its path there."""
+    real = Path(sys.executable).resolve()
+    if real.is_relative_to("/usr"):
+        return [], str(real)
+    base = Path(sys.base_prefix).resolve()
+    if real.is_relative_to(base):
+        return ["--ro-bind", str(base), SANDBOX_PYTHON], str(Path(SANDBOX_PYTHON) / real.relative_to(base))
+    return [], "/usr/bin/python3"
+
+
+def _bwrap_frame(bwrap: str, workspace: Path) -> list[str]:
+    """bwrap up to the command: namespaces, the read-only system, the writable workspace, a clean env."""
+    as_root = os.geteuid() == 0
+    # As root, bwrap makes the namespaces itself and setpriv then drops to nobody; otherwise an unprivileged
+    # user namespace does the job and the process keeps the server's (non-root) user id.
+    namespaces = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if not as_root:
+        namespaces.append("--unshare-user")
+    mounts, python = _interpreter()
+    env = {"PATH": SANDBOX_PATH, "HOME": SANDBOX_WORKSPACE, "TMPDIR": SANDBOX_WORKSPACE}
+    env.update(PYTHONIOENCODING="utf-8", LANG="C.UTF-8")
+    return [
+        bwrap,
+        *namespaces,
+        "--die-with-parent",
+        "--new-session",
+        *_usr_links(),
+        *mounts,
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--bind", str(workspace), SANDBOX_WORKSPACE,
+        "--chdir", SANDBOX_WORKSPACE,
+        "--clearenv",
+        *(arg for key, value in env.items() for arg in ("--setenv", key, value)),
+        *_privileges(as_root),
+        "--",
+        *_drop_to_nobody(as_root),
+        python,
+    ]  # fmt: skip
+
+
+def _privileges(as_root: bool) -> list[str]:
+    keep = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") if as_root and _setpriv() else ()
+    return ["--cap-drop", "ALL", *(arg for cap in keep for arg in ("--cap-add", cap))]
+
+
+def _drop_to_nobody(as_root: bool) -> list[str]:
+    setpriv = _setpriv()
+    if not as_root or setpriv is None:
+        return []
+    uid = str(SANDBOX_UID)
+    return [
+        setpriv, "--reuid", uid, "--regid", uid, "--clear-groups",
+        "--inh-caps", "-all", "--bounding-set", "-all", "--no-new-privs", "--",
+    ]  # fmt: skip
+
+
+def _setpriv() -> str | None:
+    found = shutil.which("setpriv", path=SAFE_PATH)
+    return found if found and Path(found).resolve().is_relative_to("/usr") else None
 
 
 def network_isolation_prefix() -> tuple[str, ...]:
@@ -68,12 +173,17 @@ async def run_python(code: str, workspace: Path, limits: SandboxLimits) -> str:
     if "\x00" in code:
         raise ToolError("code must not contain NUL characters")
     cwd = ensure_workspace(workspace)
+    if limits.bwrap is not None:
+        command = [*_bwrap_frame(limits.bwrap, cwd), "-I", "-c", code]
+        if os.geteuid() == 0:
+            try:
+                os.chown(cwd, SANDBOX_UID, SANDBOX_UID)  # the only place the sandbox user may write
+            except OSError as exc:
+                raise ToolError(f"cannot prepare the sandbox workspace: {exc.strerror}") from exc
+    else:
+        command = [*limits.isolation_prefix, sys.executable, "-I", "-c", code]
     process = await asyncio.create_subprocess_exec(
-        *limits.isolation_prefix,
-        sys.executable,
-        "-I",
-        "-c",
-        code,
+        *command,
         cwd=cwd,
         env=_environment(cwd),
         stdin=asyncio.subprocess.DEVNULL,
@@ -89,10 +199,13 @@ async def run_python(code: str, workspace: Path, limits: SandboxLimits) -> str:
     finally:
         _kill_group(process.pid)
         await process.wait()
-    if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+    returncode = process.returncode
+    if limits.bwrap is not None and returncode is not None and returncode > 128:
+        returncode = 128 - returncode  # bwrap reports a child killed by signal N as 128 + N
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         # The CPU-time limit (equal to the timeout) can fire before the wall clock: the same overrun.
         raise ToolError(f"python timed out after {limits.timeout_s:g}s")
-    return _format(stdout, stderr, process.returncode)
+    return _format(stdout, stderr, returncode)
 
 
 def _environment(workspace: Path) -> dict[str, str]:

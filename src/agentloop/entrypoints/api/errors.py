@@ -18,10 +18,14 @@ from starlette.exceptions import HTTPException
 
 from agentloop.errors import (
     AgentLoopError,
+    AuthenticationError,
     ConflictError,
     ContextOverflowError,
     InferenceError,
     NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
     StorageError,
     TrainingError,
     ValidationError,
@@ -37,13 +41,24 @@ STATUS: dict[type[AgentLoopError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     ContextOverflowError: 413,
+    PayloadTooLargeError: 413,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    RateLimitedError: 429,
     TrainingError: 422,
     ValidationError: 422,
     InferenceError: 503,
     StorageError: 503,
 }
 
-OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "service_unavailable_error"}
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
 
 
 @dataclass(frozen=True)
@@ -71,9 +86,19 @@ def _domain_problem(exc: AgentLoopError) -> Problem:
     status = next((STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS), 500)
     if status == 500:
         return Problem(500, "internal server error")
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
+    headers = _headers(exc, status)
     code = "context_length_exceeded" if isinstance(exc, ContextOverflowError) else None
     return Problem(status, str(exc), getattr(exc, "field", None), code, headers=headers)
+
+
+def _headers(exc: AgentLoopError, status: int) -> dict[str, str]:
+    if status == 503:
+        return {"Retry-After": str(RETRY_AFTER_S)}
+    if isinstance(exc, RateLimitedError):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="agentloop"'}
+    return {}
 
 
 def _validation_problem(exc: RequestValidationError) -> Problem:
@@ -120,8 +145,11 @@ def render(request: Request, problem: Problem) -> JSONResponse:
 
 
 def openai_status(problem: Problem) -> int:
-    # OpenAI reports every malformed or out-of-range request (context overflow included) as 400.
-    return 400 if problem.status in (413, 422) else problem.status
+    # OpenAI reports every malformed or out-of-range request (context overflow included) as 400; a body over
+    # the size limit stays 413, as the HTTP layer in front of any server would answer.
+    if problem.status == 422 or problem.code == "context_length_exceeded":
+        return 400
+    return problem.status
 
 
 def openai_error(problem: Problem) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.application.learning.registry import ModelRegistry
 from agentloop.application.learning.service import LearningService
+from agentloop.domain.auth import Role
 from agentloop.domain.events import FeedbackGiven, ModelUpdated
 from agentloop.domain.learning import (
     Feedback,
@@ -26,8 +27,10 @@ from agentloop.domain.learning import (
 )
 from agentloop.domain.model import Message, ToolCall
 from agentloop.entrypoints.api.deps import ContainerDep
+from agentloop.entrypoints.api.errors import problem_from
 from agentloop.entrypoints.api.schemas import Body, ToolCallOut
-from agentloop.errors import AgentLoopError, NotFoundError
+from agentloop.entrypoints.api.security import PrincipalDep, TrainerDep, authenticate, socket_token
+from agentloop.errors import AgentLoopError, NotFoundError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +153,18 @@ class ModelSwitchOut(BaseModel):
 
 @router.post("/messages/{message_id}/feedback", status_code=status.HTTP_201_CREATED)
 async def give_feedback(
-    message_id: str, body: FeedbackCreate, container: ContainerDep, learning: LearningDep
+    message_id: str,
+    body: FeedbackCreate,
+    container: ContainerDep,
+    learning: LearningDep,
+    principal: PrincipalDep,
 ) -> FeedbackOut:
-    """Rate an assistant message or correct it; corrections become training examples."""
-    feedback = body.feedback(await container.store.get_message(message_id))
+    """Rate an assistant message of your own conversation or correct it; corrections become training
+    examples."""
+    message = await container.store.get_message(message_id)
+    if not principal.owns(await container.store.conversation_owner(message.conversation_id)):
+        raise NotFoundError("message", message_id)
+    feedback = body.feedback(message)
     corrected = feedback.correction is not None or feedback.correction_call is not None
     event = FeedbackGiven(
         conversation_id=feedback.conversation_id,
@@ -168,10 +179,12 @@ async def give_feedback(
 
 @router.get("/conversations/{conversation_id}/feedback")
 async def list_conversation_feedback(
-    conversation_id: str, container: ContainerDep, learning: LearningDep
+    conversation_id: str, container: ContainerDep, learning: LearningDep, principal: PrincipalDep
 ) -> list[FeedbackOut]:
     """The ratings and corrections given on a conversation's answers, oldest first."""
-    await container.store.get_conversation(conversation_id)  # 404 for an unknown conversation
+    # 404 for an unknown conversation and for someone else's: the same answer, nothing leaks.
+    if not principal.owns(await container.store.conversation_owner(conversation_id)):
+        raise NotFoundError("conversation", conversation_id)
     return [FeedbackOut.of(feedback) for feedback in await learning.store.list_feedback(conversation_id)]
 
 
@@ -187,19 +200,19 @@ async def _maybe_trigger(service: LearningService) -> None:
 
 
 @router.get("/models")
-async def list_models(learning: LearningDep) -> list[ModelVersionOut]:
+async def list_models(learning: LearningDep, _: TrainerDep) -> list[ModelVersionOut]:
     """Every model version, newest first, with its status and evaluation metrics."""
     return [ModelVersionOut.of(version) for version in await learning.registry.list()]
 
 
 @router.post("/models/{version_id}/promote")
-async def promote_model(version_id: str, learning: LearningDep) -> ModelSwitchOut:
+async def promote_model(version_id: str, learning: LearningDep, _: TrainerDep) -> ModelSwitchOut:
     """Serve this version from now on; requests in flight finish on the previous one."""
     return ModelSwitchOut.of(await learning.registry.promote(version_id))
 
 
 @router.post("/models/rollback")
-async def rollback_model(learning: LearningDep) -> ModelSwitchOut:
+async def rollback_model(learning: LearningDep, _: TrainerDep) -> ModelSwitchOut:
     """Undo the last promotion: serve again the version that served before."""
     return ModelSwitchOut.of(await learning.registry.rollback())
 
@@ -246,32 +259,35 @@ class TrainingJobOut(BaseModel):
 
 
 @router.post("/training/jobs", status_code=status.HTTP_202_ACCEPTED)
-async def create_training_job(body: TrainingJobCreate, learning: LearningDep) -> TrainingJobOut:
+async def create_training_job(
+    body: TrainingJobCreate, learning: LearningDep, _: TrainerDep
+) -> TrainingJobOut:
     """Queue a training job for the worker (409 while another job is queued or running)."""
     return TrainingJobOut.of(await learning.service.submit(body.params()))
 
 
 @router.get("/training/jobs")
 async def list_training_jobs(
-    learning: LearningDep, limit: int = Query(20, ge=1, le=100)
+    learning: LearningDep, _: TrainerDep, limit: int = Query(20, ge=1, le=100)
 ) -> list[TrainingJobOut]:
     """Recent training jobs, newest first."""
     return [TrainingJobOut.of(job) for job in await learning.store.list_jobs(limit)]
 
 
 @router.get("/training/jobs/{job_id}")
-async def get_training_job(job_id: str, learning: LearningDep) -> TrainingJobOut:
+async def get_training_job(job_id: str, learning: LearningDep, _: TrainerDep) -> TrainingJobOut:
     """A training job with its progress (stage, step, loss, tokens/s, ETA) and outcome."""
     return TrainingJobOut.of(await learning.store.get_job(job_id))
 
 
 @router.post("/training/jobs/{job_id}/cancel")
-async def cancel_training_job(job_id: str, learning: LearningDep) -> TrainingJobOut:
+async def cancel_training_job(job_id: str, learning: LearningDep, _: TrainerDep) -> TrainingJobOut:
     """Cancel a queued or running job; the trainer stops after its next step."""
     return TrainingJobOut.of(await learning.service.cancel(job_id))
 
 
 CLOSE_NOT_FOUND = 4404
+CLOSE_POLICY_VIOLATION = 1008
 
 
 async def follow_job(
@@ -297,9 +313,18 @@ async def follow_job(
 @router.websocket("/training/jobs/{job_id}/ws")
 async def training_job_socket(websocket: WebSocket, job_id: str, container: ContainerDep) -> None:
     """Live progress of a training job: a {"type": "job", "job": {...}} event per change (stage, step, loss,
-    tokens/s, ETA), then {"type": "end", "status": ...} when the job completes, fails or is cancelled."""
+    tokens/s, ETA), then {"type": "end", "status": ...} when the job completes, fails or is cancelled.
+    Needs the trainer role: authenticate with `?access_token=<token or API key>`."""
     await websocket.accept()
     store = container.learning_store
+    try:
+        principal = await authenticate(websocket, container, socket_token(websocket))
+        if not principal.has(Role.TRAINER):
+            raise PermissionDeniedError(f"this needs the trainer role; you are {principal.role}")
+    except AgentLoopError as exc:
+        await websocket.send_json({"type": "error", "status": problem_from(exc).status, "detail": str(exc)})
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=str(exc)[:120])
+        return
     try:
         final = ""
         async for job in follow_job(store, job_id, JOB_POLL_S):

@@ -105,6 +105,18 @@ def to_tools(tools: list[ChatTool] | None) -> list[ToolSchema]:
     return schemas
 
 
+def check_limits(body: ChatCompletionRequest, max_tools: int, max_chars: int) -> None:
+    """Refuse requests over the configured sizes before any work is done on them."""
+    if body.tools and len(body.tools) > max_tools:
+        raise ValidationError(f"{len(body.tools)} tools declared; the limit is {max_tools}", field="tools")
+    for index, message in enumerate(body.messages):
+        if len(message.text) > max_chars:
+            raise ValidationError(
+                f"message {index} is {len(message.text)} characters; the limit is {max_chars}",
+                field=f"messages.{index}.content",
+            )
+
+
 def to_choice(body: ChatCompletionRequest, tools: list[ToolSchema]) -> ToolChoice:
     choice = body.tool_choice or "auto"
     if choice in ("auto", "none"):
@@ -264,6 +276,7 @@ async def chat_completions(
     body: ChatCompletionRequest, container: ContainerDep, request: Request
 ) -> Response | dict[str, Any]:
     """One model call in OpenAI's chat format; with `stream` the reply arrives as server-sent events."""
+    check_limits(body, container.settings.max_tools_per_request, container.settings.max_message_chars)
     step = build_step(body, container.engine, container.settings.max_tokens)
     envelope = Envelope.new(body.model or container.engine.model_version)
     if not body.stream:

@@ -13,17 +13,20 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from agentloop.application.agent import TokenStreamed, ToolCalled, ToolReturned, TurnEvent, TurnFinished
 from agentloop.bootstrap import Container
+from agentloop.domain.auth import Principal
 from agentloop.entrypoints.api.deps import ContainerDep
 from agentloop.entrypoints.api.errors import problem_from
 from agentloop.entrypoints.api.schemas import TurnOut
+from agentloop.entrypoints.api.security import authenticate, socket_token
 from agentloop.entrypoints.api.streams import closing
-from agentloop.errors import NotFoundError, ValidationError
+from agentloop.errors import AgentLoopError, NotFoundError, ValidationError
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
 
 CLOSE_NOT_FOUND = 4404
+CLOSE_POLICY_VIOLATION = 1008
 
 
 def _token(event: TokenStreamed) -> dict[str, Any]:
@@ -108,8 +111,13 @@ async def _read(websocket: WebSocket, inbox: asyncio.Queue[str | None]) -> None:
         await inbox.put(None)
 
 
-async def _turn(websocket: WebSocket, container: Container, conversation_id: str, raw: str) -> None:
+async def _turn(
+    websocket: WebSocket, container: Container, conversation_id: str, raw: str, principal: Principal
+) -> None:
     try:
+        # Each message is a request of its own for the per-user rate limit (over HTTP it would be one).
+        if container.settings.auth_enabled:
+            await container.limiter.hit("user", principal.user_id)
         text = parse_message(raw)
         turn = container.agents.run_turn(conversation_id, text)
         with container.metrics.conversation_active(conversation_id):
@@ -124,12 +132,14 @@ async def _turn(websocket: WebSocket, container: Container, conversation_id: str
         await websocket.send_json(error_event(exc))
 
 
-async def _serve(websocket: WebSocket, container: Container, conversation_id: str) -> None:
+async def _serve(
+    websocket: WebSocket, container: Container, conversation_id: str, principal: Principal
+) -> None:
     inbox: asyncio.Queue[str | None] = asyncio.Queue()
     reader = asyncio.create_task(_read(websocket, inbox))
     try:
         while (raw := await inbox.get()) is not None:
-            turn = asyncio.create_task(_turn(websocket, container, conversation_id, raw))
+            turn = asyncio.create_task(_turn(websocket, container, conversation_id, raw, principal))
             await asyncio.wait({turn, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 # The reader only finishes when the client has gone: stop generating for nobody.
@@ -144,11 +154,19 @@ async def _serve(websocket: WebSocket, container: Container, conversation_id: st
 
 @router.websocket("/conversations/{conversation_id}/ws")
 async def conversation_socket(websocket: WebSocket, conversation_id: str, container: ContainerDep) -> None:
-    """Stream turns: send {"content": ...}; get token, tool_call, tool_result, final (or error) events."""
+    """Stream turns: send {"content": ...}; get token, tool_call, tool_result, final (or error) events.
+    Authenticate with `?access_token=<token or API key>` (or an Authorization header)."""
     await websocket.accept()
     try:
-        await container.store.get_conversation(conversation_id)
-        await _serve(websocket, container, conversation_id)
+        principal = await authenticate(websocket, container, socket_token(websocket))
+    except AgentLoopError as exc:
+        await websocket.send_json(error_event(exc))
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=str(exc)[:120])
+        return
+    try:
+        if not principal.owns(await container.store.conversation_owner(conversation_id)):
+            raise NotFoundError("conversation", conversation_id)
+        await _serve(websocket, container, conversation_id, principal)
     except NotFoundError as exc:
         await websocket.send_json(error_event(exc))
         await websocket.close(code=CLOSE_NOT_FOUND, reason=str(exc))

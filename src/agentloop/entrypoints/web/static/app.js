@@ -5,7 +5,7 @@
 
 const TOKEN_KEY = "agentloop.access_token";
 const REFRESH_KEY = "agentloop.refresh_token";
-const MANAGER_ROLES = ["admin"];
+const MANAGER_ROLES = ["admin", "trainer"];  // promote and rollback need the trainer role
 const POLL_MS = 2000;
 // Material Design's thumb icon (Apache-2.0), drawn inline: no icon font or emoji font needed.
 const THUMB = "M1 21h4V9H1v12zm22-11c0-1.1-.9-2-2-2h-6.31l.95-4.57.03-.32c0-.41-.17-.79-.44-1.06L14.17 1 7.59 7.59C7.22 7.95 7 8.45 7 9v10c0 1.1.9 2 2 2h9c.83 0 1.54-.5 1.84-1.22l3.02-7.05c.09-.23.14-.47.14-.73v-2z";
@@ -479,7 +479,7 @@ async function loadModels() {
   drawChart($("#accuracy-chart"), [...versions].reverse(), scores);
   const manage = canManageModels();
   $("#rollback").disabled = !manage;
-  $("#rollback").title = manage ? "Serve the previous version again" : "Needs the admin role";
+  $("#rollback").title = manage ? "Serve the previous version again" : "Needs the trainer role";
   $("#versions tbody").replaceChildren(...versions.map((v) => versionRow(v, scores, manage)));
   const serving = versions.find((v) => v.serving);
   $("#serving-badge").textContent = serving ? `serving: ${serving.id}` : "";
@@ -490,7 +490,7 @@ function versionRow(v, scores, manage) {
   const promote = v.serving
     ? el("span", { class: "badge serving" }, "serving")
     : el("button", {
-      type: "button", class: "promote", disabled: !manage, title: manage ? "Serve this version" : "Needs the admin role",
+      type: "button", class: "promote", disabled: !manage, title: manage ? "Serve this version" : "Needs the trainer role",
       onclick: () => switchModel(`/api/v1/models/${v.id}/promote`, `Promote ${v.id}?`),
     }, "Promote");
   return el("tr", { "data-version": v.id },
