@@ -82,9 +82,9 @@ async def get_conversation(conversation_id: str, store: StoreDep) -> Conversatio
 
 
 @router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_conversation(conversation_id: str, store: StoreDep) -> Response:
+async def delete_conversation(conversation_id: str, container: ContainerDep) -> Response:
     """Delete a conversation and its messages."""
-    await store.delete_conversation(conversation_id)
+    await (container.cache or container.store).delete_conversation(conversation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
