@@ -167,11 +167,13 @@ class FallbackEngine:
             try:
                 async with aclosing(backend.engine.stream(request)) as items:
                     async for item in items:
+                        if isinstance(item, Completion):
+                            # Before the yield: a consumer may stop reading at the completion.
+                            backend.breaker.record_success()
+                            yield item
+                            return
                         started = True
                         yield item
-                        if isinstance(item, Completion):
-                            backend.breaker.record_success()
-                            return
                 raise InferenceError("the stream ended without a completion")
             except _CALLER_ERRORS:
                 backend.breaker.record_success()

@@ -53,7 +53,7 @@ async def with_retries(
     """Run an idempotent call, retrying transient failures with exponential backoff and jitter."""
     retrying = AsyncRetrying(
         stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.5),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.5),
         retry=retry_if_exception(transient),
         reraise=True,
     )
