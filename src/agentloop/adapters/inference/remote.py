@@ -450,14 +450,17 @@ class OllamaEngine:
             raise InferenceError(f"Ollama at {self.url}: {exc}") from exc
         except (ConnectionError, httpx.HTTPError) as exc:
             raise InferenceError(f"Ollama at {self.url} unreachable: {exc!r}") from exc
+        except ValueError as exc:  # a reply that does not parse as Ollama's documented shape
+            raise InferenceError(f"Ollama at {self.url} answered unexpectedly: {exc}") from exc
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Token | Completion, None]:
         started = time.perf_counter()
-        chunks = await self._call(lambda: self._open(request))
+        # The client sends the request when the stream is first read: retry up to the first chunk.
+        chunks, first = await self._call(lambda: self._open(request))
         text, first_at, calls = "", None, []
         final: Any = None
         try:
-            async for chunk in chunks:
+            async for chunk in _prepend(first, chunks):
                 piece, more_calls = _ollama_piece(chunk)
                 calls += more_calls
                 if piece:
@@ -488,7 +491,11 @@ class OllamaEngine:
             return f"{constraint.call_prefix}{text.strip()}{constraint.call_suffix}"
         return text
 
-    async def _open(self, request: GenerationRequest) -> Any:
+    async def _open(self, request: GenerationRequest) -> tuple[Any, Any]:
+        chunks = await self._request(request)
+        return chunks, await anext(chunks)
+
+    async def _request(self, request: GenerationRequest) -> Any:
         options: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -536,6 +543,12 @@ class OllamaEngine:
             )
         )
         self.served_model, self._version = name, version_id
+
+
+async def _prepend(first: Any, rest: Any) -> AsyncGenerator[Any, None]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 def ollama_model_name(version_id: str) -> str:
