@@ -104,7 +104,17 @@ class OwnedPostgres:
             if self._as:
                 shutil.chown(path, "postgres", "postgres")
         subprocess.run(
-            [*self._as, str(PG_BIN / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres"],
+            [
+                *self._as,
+                str(PG_BIN / "initdb"),
+                "-N",
+                "-D",
+                str(self.datadir),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
