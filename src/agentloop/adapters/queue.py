@@ -26,7 +26,13 @@ class HueyQueue:
 
     def __init__(self, huey: Huey, run_job: Callable[[str], Any]) -> None:
         self.huey = huey
-        self._task = huey.task(name=TRAIN_TASK, retries=0)(run_job)
+
+        # Huey names a task `<function's module>.<name>`: defined here, the name is the same in the server
+        # that enqueues and the worker that consumes, whatever callable each passes in.
+        def train(job_id: str) -> Any:
+            return run_job(job_id)
+
+        self._task = huey.task(name=TRAIN_TASK, retries=0)(train)
 
     def enqueue(self, job_id: str) -> None:
         self._task(job_id)
