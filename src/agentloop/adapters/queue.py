@@ -4,11 +4,14 @@ import time."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from huey import Huey, RedisHuey, SqliteHuey
+from redis.exceptions import RedisError
 
+from agentloop.errors import StorageError
 from agentloop.settings import Settings
 
 TRAIN_TASK = "train"
@@ -35,7 +38,10 @@ class HueyQueue:
         self._task = huey.task(name=TRAIN_TASK, retries=0)(train)
 
     def enqueue(self, job_id: str) -> None:
-        self._task(job_id)
+        try:
+            self._task(job_id)
+        except (RedisError, OSError, sqlite3.Error) as exc:
+            raise StorageError(f"job queue unavailable: {type(exc).__name__}") from exc
 
     def consume(self) -> None:
         """Run the consumer in this process until it is interrupted (one job at a time)."""
