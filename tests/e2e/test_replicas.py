@@ -65,11 +65,15 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def replica(self, name: str) -> None:
-        port = free_port()
-        process = self.spawn(name, "serve", "--host", "127.0.0.1", "--port", str(port))
-        wait_for_port(port, START_TIMEOUT_S, process)
-        self.urls.append(f"http://127.0.0.1:{port}")
+    def replicas(self, *names: str) -> None:
+        """Start API processes side by side, then wait until each listens."""
+        started = []
+        for name in names:
+            port = free_port()
+            started.append((port, self.spawn(name, "serve", "--host", "127.0.0.1", "--port", str(port))))
+        for port, process in started:
+            wait_for_port(port, START_TIMEOUT_S, process)
+            self.urls.append(f"http://127.0.0.1:{port}")
 
     def stop(self) -> None:
         for process in self.processes:
@@ -106,9 +110,8 @@ def cluster(database: str, tmp_path: Path, model_file: ModelFile) -> Iterator[Cl
     }
     cluster = Cluster(env, tmp_path)
     try:
-        cluster.replica("api-1")
-        cluster.replica("api-2")
         cluster.spawn("worker", "worker")
+        cluster.replicas("api-1", "api-2")
         yield cluster
     finally:
         cluster.stop()

@@ -174,7 +174,8 @@ def serve(
 
     wired = wiring(ctx)
     settings = wired.settings
-    if "engine" not in wired.overrides:
+    embedded = "embedded" in (settings.inference_backend, *settings.inference_fallbacks)
+    if "engine" not in wired.overrides and embedded:
         # A missing model fails here in one line instead of as a traceback from the app's lifespan; the
         # lifespan's own ensure_model then finds the file (and its hash) ready.
         ensure_model(settings.model_path, settings.cache_dir)
