@@ -552,7 +552,7 @@ async def _prepend(first: Any, rest: Any) -> AsyncGenerator[Any, None]:
 
 
 def ollama_model_name(version_id: str) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in version_id.lower())
+    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "-" for ch in version_id.lower())
     return f"agentloop-{safe}"
 
 
