@@ -12,7 +12,7 @@ from agentloop.adapters.inference.remote import OpenAIEngine
 from agentloop.adapters.model_files import ModelFile
 from agentloop.adapters.tools import builtin_tools
 from agentloop.application.agent import AgentService, ModelStep
-from agentloop.application.ports import Completion, GenerationRequest, Token
+from agentloop.application.ports import Completion, GenerationRequest, OutputConstraint, Token, complete
 from agentloop.application.tools import ToolRegistry
 from agentloop.domain.model import Agent, Conversation, Message, ModelConfig, Role
 from agentloop.errors import InferenceError
@@ -99,3 +99,31 @@ async def test_an_unreachable_server_is_an_inference_error() -> None:
             await dead.count_tokens("hi")
     finally:
         await dead.close()
+
+
+async def test_sampling_decides_under_the_servers_grammar(engine: OpenAIEngine) -> None:
+    # temperature > 0 skips the free-decode shortcut: the first character is decoded under our GBNF grammar
+    # (sent in the request's `grammar` field), the rest continues unconstrained.
+    no_call = OutputConstraint({"type": "object"}, "<tool_call>", "</tool_call>", allow_call=False)
+    request = GenerationRequest(
+        "<start_of_turn>user\nSay hello.<end_of_turn>\n<start_of_turn>model\n",
+        max_tokens=6,
+        temperature=0.7,
+        seed=3,
+        constraint=no_call,
+    )
+    items = [item async for item in engine.stream(request)]
+    completion = items[-1]
+    assert isinstance(completion, Completion)
+    assert completion.text and completion.text[0] not in "< \t\n"
+    assert "".join(item.text for item in items if isinstance(item, Token)) == completion.text
+    assert completion.usage.completion_tokens >= 2  # one grammar token, then the free continuation
+
+
+@pytest.mark.slow
+async def test_the_server_honours_the_grammar(engine: OpenAIEngine) -> None:
+    # A schema with one possible value forces the reply: only a server that applies the grammar produces it.
+    # Slow (about 35 s here): llama-cpp-python's server checks the grammar over the whole vocabulary per token.
+    forced = OutputConstraint({"const": 7}, "<tool_call>", "</tool_call>", allow_text=False)
+    request = GenerationRequest("Write a poem.", max_tokens=32, temperature=0.9, seed=5, constraint=forced)
+    assert (await complete(engine, request)).text == "<tool_call>7</tool_call>"
