@@ -123,7 +123,7 @@ async def test_sampling_decides_under_the_servers_grammar(engine: OpenAIEngine) 
 @pytest.mark.slow
 async def test_the_server_honours_the_grammar(engine: OpenAIEngine) -> None:
     # A schema with one possible value forces the reply: only a server that applies the grammar produces it.
-    # Slow (about 35 s here): llama-cpp-python's server checks the grammar over the whole vocabulary per token.
+    # Slow (about 35 s here): llama-cpp-python's server checks a grammar over the whole vocabulary.
     forced = OutputConstraint({"const": 7}, "<tool_call>", "</tool_call>", allow_text=False)
     request = GenerationRequest("Write a poem.", max_tokens=32, temperature=0.9, seed=5, constraint=forced)
     assert (await complete(engine, request)).text == "<tool_call>7</tool_call>"
