@@ -30,6 +30,7 @@ from agentloop.application.ports import AdapterHost, ConversationStore, Inferenc
 from agentloop.application.resilience import Backend, CircuitBreaker, FallbackEngine
 from agentloop.application.tools import ToolRegistry
 from agentloop.domain.model import Agent, ModelConfig
+from agentloop.errors import ValidationError
 from agentloop.settings import Settings
 
 DEFAULT_AGENT = "default"
@@ -86,7 +87,14 @@ async def ensure_default_agent(store: SqlStore, settings: Settings, tools: ToolR
         allowed_tools=default_tool_names(settings, tools),
         max_steps=settings.max_steps,
     )
-    await store.create_agent(agent)
+    try:
+        await store.create_agent(agent)
+    except ValidationError:
+        # Another replica starting at the same moment created it first.
+        raced = await store.get_agent_by_name(DEFAULT_AGENT)
+        if raced is None:
+            raise
+        return raced
     return agent
 
 
