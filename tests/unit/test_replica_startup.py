@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 
+from agentloop.application.learning.registry import ModelRegistry, RecordOnlyHost
 from agentloop.application.tools import ToolRegistry
 from agentloop.bootstrap import DEFAULT_AGENT, ensure_default_agent
+from agentloop.domain.learning import BASE_VERSION, ModelVersion
 from agentloop.domain.model import Agent
-from agentloop.errors import ValidationError
+from agentloop.errors import NotFoundError, ValidationError
 from agentloop.settings import Settings
 
 
@@ -40,3 +42,29 @@ async def test_a_real_validation_error_still_surfaces() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
         await ensure_default_agent(store, settings, ToolRegistry([]))
+
+
+class RacedVersions:
+    """The other replica stores the base version between our lookup and our insert."""
+
+    def __init__(self) -> None:
+        self.stored: ModelVersion | None = None
+
+    async def get_version(self, version_id: str) -> ModelVersion:
+        if self.stored is None:
+            self.stored = ModelVersion(BASE_VERSION, "sha-of-the-winner")
+            raise NotFoundError("model version", version_id)
+        return self.stored
+
+    async def serving_version(self) -> ModelVersion | None:
+        return None
+
+    async def add_version(self, version: ModelVersion) -> None:
+        raise ValidationError(f"model version {version.id} already exists", field="id")
+
+
+async def test_the_base_version_is_created_once_across_replicas() -> None:
+    store: Any = RacedVersions()
+    registry = ModelRegistry(store, RecordOnlyHost())
+    base = await registry.ensure_base("sha-of-the-loser")
+    assert base.base_sha256 == "sha-of-the-winner"
