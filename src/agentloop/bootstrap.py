@@ -20,6 +20,7 @@ from agentloop.adapters.auth import (
     load_key_pair,
     rate_limit_storage,
 )
+from agentloop.adapters.cache import CachedConversationStore, connect_redis
 from agentloop.adapters.learning import (
     EngineEvaluator,
     StoredDatasetSource,
@@ -38,9 +39,11 @@ from agentloop.application.agent import AgentService
 from agentloop.application.auth import AuthConfig, AuthService
 from agentloop.application.learning.registry import ModelRegistry, RecordOnlyHost, adapter_host_of
 from agentloop.application.learning.service import LearningConfig, LearningService
-from agentloop.application.ports import AdapterHost, InferenceEngine
+from agentloop.application.ports import AdapterHost, ConversationStore, InferenceEngine
+from agentloop.application.resilience import Backend, CircuitBreaker, FallbackEngine
 from agentloop.application.tools import ToolRegistry
 from agentloop.domain.model import Agent, ModelConfig
+from agentloop.errors import ValidationError
 from agentloop.settings import Settings
 
 DEFAULT_AGENT = "default"
@@ -63,6 +66,7 @@ class Container:
     auth: AuthService
     limiter: RateLimiter
     metrics: Metrics = field(default_factory=metrics_for_process)
+    cache: CachedConversationStore | None = None
 
 
 async def start_embedded_engine(settings: Settings) -> tuple[InferenceEngine, ModelFile]:
@@ -99,7 +103,14 @@ async def ensure_default_agent(store: SqlStore, settings: Settings, tools: ToolR
         allowed_tools=default_tool_names(settings, tools),
         max_steps=settings.max_steps,
     )
-    await store.create_agent(agent)
+    try:
+        await store.create_agent(agent)
+    except ValidationError:
+        # Another replica starting at the same moment created it first.
+        raced = await store.get_agent_by_name(DEFAULT_AGENT)
+        if raced is None:
+            raise
+        return raced
     return agent
 
 
@@ -123,14 +134,16 @@ async def bootstrap(
     model_file: ModelFile | None = overrides.get("model_file")
     follow: asyncio.Task[None] | None = None
     owns_engine = engine is None
+    cache = build_cache(settings, store)
     try:
         if engine is None:
-            engine, model_file = await start_embedded_engine(settings)
+            engine, model_file = await start_engine(settings)
         agent = await ensure_default_agent(store, settings, tools)
         observed = ObservedEngine(engine, metrics)
+        conversations: ConversationStore = cache or store
         agents = AgentService(
             observed,
-            store,
+            conversations,
             tools,
             settings.workspace_dir,
             settings.max_message_chars,
@@ -171,6 +184,7 @@ async def bootstrap(
                 rate_limit_storage(settings.redis_url),
             ),
             metrics,
+            cache,
         )
     finally:
         if follow is not None:
@@ -180,6 +194,8 @@ async def bootstrap(
         close = getattr(engine, "close", None) if owns_engine else None
         if close is not None:
             await close()
+        if cache is not None:
+            await cache.close()
         await database.dispose()
 
 
@@ -253,3 +269,60 @@ def run_job_in_worker(settings: Settings, job_id: str) -> None:
             await container.learning.run(job_id)
 
     asyncio.run(run())
+
+
+# --- production backends: remote inference behind circuit breakers, the Redis conversation cache ------------
+
+
+def breaker(settings: Settings, name: str) -> CircuitBreaker:
+    return CircuitBreaker(name, settings.breaker_failures, settings.breaker_reset_s)
+
+
+async def start_backend(settings: Settings, kind: str) -> tuple[InferenceEngine, ModelFile | None]:
+    """One inference backend by name: `embedded`, `ollama` or `openai`."""
+    from agentloop.adapters.inference.remote import OllamaEngine, OpenAIEngine
+
+    if kind == "embedded":
+        return await start_embedded_engine(settings)
+    if kind == "ollama":
+        ollama = OllamaEngine(
+            settings.ollama_url,
+            settings.ollama_model,
+            context_size=settings.n_ctx,
+            timeout_s=settings.backend_timeout_s,
+            retries=settings.backend_retries,
+        )
+        return ollama, None
+    openai = OpenAIEngine(
+        settings.openai_base_url,
+        settings.openai_model,
+        api_key=settings.openai_api_key,
+        context_size=settings.n_ctx,
+        timeout_s=settings.backend_timeout_s,
+        retries=settings.backend_retries,
+        grammar_field=settings.openai_grammar_field,
+    )
+    return openai, None
+
+
+async def start_engine(settings: Settings) -> tuple[InferenceEngine, ModelFile | None]:
+    """The configured backend; with remote backends or fallbacks, each behind its own circuit breaker."""
+    kinds = list(dict.fromkeys([settings.inference_backend, *settings.inference_fallbacks]))
+    if kinds == ["embedded"]:
+        return await start_embedded_engine(settings)
+    backends: list[Backend] = []
+    model_file: ModelFile | None = None
+    for kind in kinds:
+        engine, file = await start_backend(settings, kind)
+        model_file = model_file or file
+        backends.append(Backend(kind, engine, breaker(settings, kind)))
+    return FallbackEngine(backends), model_file
+
+
+def build_cache(settings: Settings, store: SqlStore) -> CachedConversationStore | None:
+    """The Redis conversation cache when AGENTLOOP_REDIS_URL is set; connecting is lazy, so a Redis that is
+    down at start only means serving without cache until it answers."""
+    if not settings.redis_url:
+        return None
+    client = connect_redis(settings.redis_url)
+    return CachedConversationStore(store, client, breaker(settings, "redis"), settings.cache_ttl_s)

@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in data_dir.")
     model_path: Path | None = Field(None, description="A GGUF file; default: the bundled Gemma 3 270M.")
-    inference_backend: Literal["embedded"] = Field("embedded", description="Where the model runs.")
+    inference_backend: Literal["embedded", "ollama", "openai"] = Field(
+        "embedded",
+        description="Where the model runs: in-process llama.cpp, an Ollama server, or an OpenAI-compatible "
+        "server (llama.cpp server, vLLM).",
+    )
     n_ctx: int = Field(4096, ge=512, le=32768, description="Context window of the embedded engine.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; default all cores.")
     n_batch: int = Field(512, ge=32, description="Prompt tokens llama.cpp evaluates per batch.")
@@ -93,8 +97,38 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed to call the API from a browser (comma-separated)."
     )
+    inference_fallbacks: Annotated[list[Literal["embedded", "ollama", "openai"]], NoDecode] = Field(
+        default_factory=list,
+        description="Backends tried in order when the main one fails or its circuit is open "
+        "(comma-separated, e.g. `embedded`).",
+    )
+    ollama_url: str = Field("http://127.0.0.1:11434", description="Base URL of the Ollama server.")
+    ollama_model: str = Field("gemma3n:e2b", description="Ollama model that serves the base version.")
+    openai_base_url: str = Field(
+        "http://127.0.0.1:8080/v1", description="Base URL (with /v1) of the OpenAI-compatible server."
+    )
+    openai_api_key: str = Field("none", description="API key sent to the OpenAI-compatible server.")
+    openai_model: str = Field("gemma", description="Model name that serves the base version there.")
+    openai_grammar_field: str = Field(
+        "grammar",
+        description="Request field that carries the GBNF tool-call grammar (`grammar` for llama.cpp, "
+        "`guided_grammar` for vLLM); empty = unconstrained.",
+    )
+    backend_timeout_s: float = Field(60.0, gt=0, description="Time limit of one call to a remote backend.")
+    backend_retries: int = Field(
+        2, ge=0, le=10, description="Retries (exponential backoff, jitter) of a failed idempotent call."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failures that open a dependency's circuit breaker."
+    )
+    breaker_reset_s: float = Field(
+        15.0, gt=0, description="Seconds an open circuit waits before one trial call (half-open)."
+    )
+    cache_ttl_s: int = Field(
+        600, ge=1, description="Lifetime of a cached conversation context in Redis, in seconds."
+    )
 
-    @field_validator("fetch_allowed_hosts", "eval_suites", mode="before")
+    @field_validator("fetch_allowed_hosts", "eval_suites", "inference_fallbacks", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):

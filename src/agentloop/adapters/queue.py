@@ -5,12 +5,15 @@ import time."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from huey import Huey, RedisHuey, SqliteHuey
+from redis.exceptions import RedisError
 
+from agentloop.errors import StorageError
 from agentloop.settings import Settings
 
 TRAIN_TASK = "train"
@@ -34,6 +37,8 @@ class HueyQueue:
     def __init__(self, huey: Huey, run_job: Callable[[str], Any]) -> None:
         self.huey = huey
 
+        # Huey names a task `<function's module>.<name>`: defined here, the name is the same in the server
+        # that enqueues and the worker that consumes, whatever callable each passes in.
         def train(job_id: str, request_id: str | None = None) -> Any:
             context = (
                 {"job_id": job_id} if request_id is None else {"job_id": job_id, "request_id": request_id}
@@ -49,7 +54,10 @@ class HueyQueue:
 
     def enqueue(self, job_id: str) -> None:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        self._task(job_id, request_id=request_id)
+        try:
+            self._task(job_id, request_id=request_id)
+        except (RedisError, OSError, sqlite3.Error) as exc:
+            raise StorageError(f"job queue unavailable: {type(exc).__name__}") from exc
 
     def consume(self) -> None:
         """Run the consumer in this process until it is interrupted (one job at a time)."""

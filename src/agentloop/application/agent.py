@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentloop.application.ports import (
+    ChatPrompt,
     Completion,
     ConversationStore,
     GenerationRequest,
@@ -102,6 +103,14 @@ class ModelStep:
             stop=(*STOP_SEQUENCES, "\n") if self.single_line else STOP_SEQUENCES,
             seed=self.seed,
             constraint=decision_constraint(self.tools, self.choice),
+            chat=ChatPrompt(
+                self.system,
+                tuple(
+                    {"name": t.name, "description": t.description, "parameters": t.parameters}
+                    for t in self.tools
+                ),
+                tuple(self.messages),
+            ),
         )
 
     async def run(self) -> AsyncGenerator[str, None]:

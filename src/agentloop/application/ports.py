@@ -25,6 +25,16 @@ class OutputConstraint:
 
 
 @dataclass(frozen=True)
+class ChatPrompt:
+    """The rendered prompt's parts, for backends that take chat messages and native tool definitions (Ollama's
+    /api/chat) rather than text. `tools` are `{"name", "description", "parameters"}` function specs."""
+
+    system: str
+    tools: tuple[dict[str, Any], ...] = ()
+    messages: tuple[Message, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     max_tokens: int = 256
@@ -33,6 +43,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     constraint: OutputConstraint | None = None
+    chat: ChatPrompt | None = None
 
 
 @dataclass(frozen=True)

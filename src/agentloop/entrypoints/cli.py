@@ -187,7 +187,8 @@ def serve(
             "only on a loopback address (127.0.0.1, ::1, localhost)",
             field="auth_enabled",
         )
-    if "engine" not in wired.overrides:
+    embedded = "embedded" in (settings.inference_backend, *settings.inference_fallbacks)
+    if "engine" not in wired.overrides and embedded:
         # A missing model fails here in one line instead of as a traceback from the app's lifespan; the
         # lifespan's own ensure_model then finds the file (and its hash) ready.
         ensure_model(settings.model_path, settings.cache_dir)

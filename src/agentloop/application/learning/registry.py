@@ -82,7 +82,11 @@ class ModelRegistry:
                 base = ModelVersion(BASE_VERSION, base_sha256)
                 if await self._store.serving_version() is None:
                     base.transition(VersionStatus.PROMOTED)
-                await self._store.add_version(base)
+                try:
+                    await self._store.add_version(base)
+                except ValidationError:
+                    # Another replica starting at the same moment created it first.
+                    return await self._store.get_version(BASE_VERSION)
                 return base
 
     async def register(self, version: ModelVersion) -> None:

@@ -16,7 +16,7 @@ from agentloop.application.learning.registry import ModelRegistry
 from agentloop.domain.events import Event, TrainingCompleted, TrainingFailed, TrainingStarted
 from agentloop.domain.learning import JobStatus, ModelVersion, TrainingJob
 from agentloop.domain.model import utcnow
-from agentloop.errors import AgentLoopError, ConflictError, TrainingError
+from agentloop.errors import AgentLoopError, ConflictError, StorageError, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,13 @@ class LearningService:
         job = TrainingJob(params=dict(params or {}), reason=reason)
         await self.jobs.add_job(job)
         if self.queue is not None:
-            self.queue.enqueue(job.id)
+            try:
+                self.queue.enqueue(job.id)
+            except StorageError as exc:
+                # A job that never reached the queue must not block the next one as "queued" forever.
+                job.status, job.error, job.finished_at = JobStatus.FAILED, f"could not queue: {exc}", utcnow()
+                await self.jobs.save_job(job)
+                raise
         return job
 
     async def maybe_trigger(self) -> TrainingJob | None:

@@ -26,11 +26,16 @@ async def _model_check(container: Container) -> dict[str, Any]:
         "version": engine.model_version,
         "path": str(model_file.path) if model_file else None,
     }
+    # Remote backends answer a probe; the embedded engine tokenises (needs the loaded model but no
+    # generation slot, so it is cheap even while busy).
+    probe = getattr(engine, "probe", None)
     try:
-        # Tokenising needs the loaded model but no generation slot, so it is cheap even while busy.
-        await asyncio.wait_for(engine.count_tokens("ping"), CHECK_TIMEOUT_S)
+        await asyncio.wait_for(probe() if probe else engine.count_tokens("ping"), CHECK_TIMEOUT_S)
     except (AgentLoopError, TimeoutError) as exc:
         check.update(ok=False, error=str(exc) or type(exc).__name__)
+    backends = getattr(engine, "health", None)
+    if backends is not None:
+        check["backends"] = backends()
     return check
 
 
@@ -42,6 +47,19 @@ async def _database_check(container: Container) -> dict[str, Any]:
     return {"ok": True}
 
 
+async def _cache_check(container: Container) -> dict[str, Any] | None:
+    """Optional: without Redis the server serves from the database alone, so this never fails readiness."""
+    cache = container.cache
+    if cache is None:
+        return None
+    check: dict[str, Any] = {"ok": True, "breaker": cache.breaker.snapshot(), **cache.stats.to_dict()}
+    try:
+        await asyncio.wait_for(cache.ping(), CHECK_TIMEOUT_S)
+    except Exception as exc:  # any Redis failure: report it, serve on
+        check.update(ok=False, error=str(exc) or type(exc).__name__)
+    return check
+
+
 @router.get("/live")
 async def live() -> Live:
     """The process is up and serving requests."""
@@ -50,8 +68,13 @@ async def live() -> Live:
 
 @router.get("/ready", response_model=Ready, responses={503: {"model": Ready}})
 async def ready(container: ContainerDep) -> JSONResponse:
-    """Ready to answer: the model is loaded and the database reachable (503 otherwise)."""
-    model, database = await asyncio.gather(_model_check(container), _database_check(container))
+    """Ready to answer: the model is loaded and the database reachable (503 otherwise). The Redis cache is
+    reported too; without it the server still answers (status "degraded", 200)."""
+    model, database, cache = await asyncio.gather(
+        _model_check(container), _database_check(container), _cache_check(container)
+    )
     ok = model["ok"] and database["ok"]
-    body = Ready(status="ok" if ok else "degraded", checks={"model": model, "database": database})
+    checks = {"model": model, "database": database} | ({"cache": cache} if cache else {})
+    healthy = ok and (cache is None or cache["ok"])
+    body = Ready(status="ok" if healthy else "degraded", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

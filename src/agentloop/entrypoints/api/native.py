@@ -102,10 +102,12 @@ async def get_conversation(
 
 
 @router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_conversation(conversation_id: str, store: StoreDep, principal: PrincipalDep) -> Response:
+async def delete_conversation(
+    conversation_id: str, store: StoreDep, principal: PrincipalDep, container: ContainerDep
+) -> Response:
     """Delete a conversation and its messages."""
     await check_owner(store, conversation_id, principal)
-    await store.delete_conversation(conversation_id)
+    await (container.cache or container.store).delete_conversation(conversation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
