@@ -24,6 +24,7 @@ COUNTING = "1, 2, 3, 4, 5,"
 # Continuations the model is sure of: from 4 sequences per step llama.cpp's CPU backend multiplies with its
 # repacked Q4_K gemm kernel, whose rounding differs from the one-sequence kernel (logits up to ~1 apart); that
 # may flip a near-tie of greedy decoding, never these.
+SEEDED = "In a quiet town by the sea, an old sailor"
 PROMPTS = [COUNTING, "Monday, Tuesday,", "January, February, March,", "A, B, C, D,"]
 
 
@@ -65,10 +66,11 @@ async def test_grammar_stop_and_free_text_requests_batch_together(
 
 
 async def test_each_sequence_samples_with_its_own_seed(batched_llama_engine: LlamaEngine) -> None:
-    # top_p keeps the sample inside the nucleus: in the 262k-token tail a difference in the last bits of
-    # the logits (a prefix read from the cache instead of computed) would move the draw to another token.
+    # A prompt no slot has cached, so every copy is prefilled whole, by the same kernels. top_p keeps the
+    # sample inside the nucleus: in the 262k-token tail a difference in the last bits of the logits (e.g. a
+    # prefix read from the cache instead of computed) would move the draw to another token.
     def sampled(seed: int) -> GenerationRequest:
-        return GenerationRequest("Once upon a time", max_tokens=10, temperature=0.8, top_p=0.9, seed=seed)
+        return GenerationRequest(SEEDED, max_tokens=10, temperature=0.8, top_p=0.9, seed=seed)
 
     replies = await asyncio.gather(*(complete(batched_llama_engine, sampled(s)) for s in (7, 7, 8, 9)))
     assert replies[0].text == replies[1].text

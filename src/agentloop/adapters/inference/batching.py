@@ -165,6 +165,8 @@ class BatchScheduler:
         # A match of the BOS token alone is worth nothing: take an empty slot before evicting a cached one.
         target = max(free, key=lambda s: (matches[s.seq_id] if matches[s.seq_id] > 1 else 0, -len(s.tokens)))
         reused = matches[target.seq_id]
+        if reused <= 1:
+            reused = 0  # a fresh prefill of the whole prompt, the same kernels as on an empty slot
         if reused < len(target.tokens):
             if not self.C.llama_memory_seq_rm(self.memory, target.seq_id, reused, -1):
                 reused = 0
