@@ -146,6 +146,17 @@ async def llama_engine(model_file: ModelFile) -> AsyncIterator[LlamaEngine]:
 
 
 @pytest.fixture(scope="session")
+async def batched_llama_engine(model_file: ModelFile) -> AsyncIterator[LlamaEngine]:
+    """The same model with continuous batching: up to 4 sequences decoded together in one llama.cpp batch."""
+    engine = LlamaEngine(model_file.path, n_ctx=MODEL_N_CTX, n_threads=os.cpu_count() or 1, max_parallel=4)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+@pytest.fixture(scope="session")
 def model_settings(model_file: ModelFile) -> Callable[[Path], Settings]:
     """Settings for a real-model bootstrap on `data_dir`: the shared model cache, SQLite, no .env file."""
 

@@ -76,7 +76,11 @@ async def start_embedded_engine(settings: Settings) -> tuple[InferenceEngine, Mo
 
     model = await asyncio.to_thread(ensure_model, settings.model_path, settings.cache_dir)
     engine = LlamaEngine(
-        model.path, n_ctx=settings.n_ctx, n_threads=settings.threads, n_batch=settings.n_batch
+        model.path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.threads,
+        n_batch=settings.n_batch,
+        max_parallel=settings.max_parallel,
     )
     await engine.start()
     return engine, model

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     n_ctx: int = Field(4096, ge=512, le=32768, description="Context window of the embedded engine.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; default all cores.")
     n_batch: int = Field(512, ge=32, description="Prompt tokens llama.cpp evaluates per batch.")
+    max_parallel: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Requests the embedded engine decodes together in one llama.cpp batch (continuous "
+        "batching); 1 serves one request at a time.",
+    )
     host: str = Field("127.0.0.1", description="Address `agentloop serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `agentloop serve` listens on.")
     auto_migrate: bool = Field(True, description="Apply Alembic migrations when the server starts.")

@@ -88,12 +88,16 @@ class LlamaEngine:
         n_threads: int = 2,
         n_batch: int = 512,
         model_version: str = "base",
+        max_parallel: int = 1,
     ) -> None:
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_batch = n_batch
         self._version = model_version
+        # Sequences decoded together in one llama.cpp batch; 1 serves one request at a time.
+        self.max_parallel = max(1, max_parallel)
+        self._scheduler: Any = None
         self._llm: Any = None
         self._jobs: queue.Queue[_Job | _Control | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -113,7 +117,8 @@ class LlamaEngine:
 
     @property
     def queue_depth(self) -> int:
-        return self._jobs.qsize()
+        waiting = len(self._scheduler.waiting) if self._scheduler is not None else 0
+        return self._jobs.qsize() + waiting
 
     async def start(self) -> None:
         """Load the model on the worker thread and wait until it is ready."""
@@ -160,6 +165,8 @@ class LlamaEngine:
         # The KV cache holds activations computed under the old weights: drop it.
         llm.reset()
         C.llama_memory_clear(C.llama_get_memory(llm._ctx.ctx), True)
+        if self._scheduler is not None:
+            self._scheduler.forget()
         self._version = version_id
         self.stats["swaps"] = self.stats.get("swaps", 0) + 1
 
@@ -210,7 +217,9 @@ class LlamaEngine:
             return
         finally:
             self.loaded.set()
-        while (job := self._jobs.get()) is not None:
+        if self._scheduler is not None:
+            self._scheduler.run()
+        while self._scheduler is None and (job := self._jobs.get()) is not None:
             if isinstance(job, _Control):
                 self._control(job)
             elif not job.cancel.is_set():
@@ -237,6 +246,27 @@ class LlamaEngine:
             n_batch=self.n_batch,
             verbose=False,
         )
+        if self.max_parallel > 1:
+            from agentloop.adapters.inference.batching import BatchScheduler
+
+            self._parallel_context()
+            self._scheduler = BatchScheduler(self)
+
+    def _parallel_context(self) -> None:
+        """Replace the Llama's one-sequence context by one for max_parallel sequences, each in its own KV
+        stream of n_ctx cells (`kv_unified` off: a unified cache whose cells of one sequence end up out of
+        position order gave different logits in llama.cpp 0.3.36, see ADR-0003)."""
+        from llama_cpp import _internals
+
+        llm = self._llm
+        params = llm.context_params
+        params.n_ctx = self.n_ctx * self.max_parallel
+        params.n_seq_max = self.max_parallel
+        params.kv_unified = False
+        context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        llm._ctx.close()
+        llm._ctx = context
+        llm._stack.callback(context.close)
 
     def _control(self, job: _Control) -> None:
         try:
