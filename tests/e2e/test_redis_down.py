@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from agentloop.entrypoints.api import create_app
+from auth_helpers import admin_key, bearer, fast_auth
 from fakes import FakeEngine
 from services import free_port
 
@@ -24,12 +25,14 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         breaker_failures=1,
         _env_file=None,
+        **fast_auth(),
     )
     app = create_app(settings, engine=FakeEngine(["First.", "Second."]))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http,
     ):
+        http.headers.update(bearer(await admin_key(app)))
         yield http
 
 

@@ -27,6 +27,7 @@ from agentloop.adapters.model_files import ModelFile
 from agentloop.adapters.storage import create_engine, create_sessionmaker, upgrade
 from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.domain.learning import BASE_VERSION, ModelVersion
+from auth_helpers import bearer, key_file
 from conftest import model_cache_dir, postgres_database
 from services import OwnedRedis, free_port, wait_for_port
 
@@ -56,6 +57,7 @@ class Cluster:
         self.env, self.logs = env, logs
         self.processes: list[subprocess.Popen[bytes]] = []
         self.urls: list[str] = []
+        self.key = ""  # an admin API key, made with `agentloop api-keys create` before the replicas start
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("wb") as log:
@@ -107,9 +109,21 @@ def cluster(database: str, tmp_path: Path, model_file: ModelFile) -> Iterator[Cl
         "AGENTLOOP_N_CTX": "1024",
         "AGENTLOOP_N_THREADS": "1",
         "AGENTLOOP_LOG_LEVEL": "WARNING",
+        # Replicas sign and check tokens with one key, as a deployment mounts it into every API container.
+        "AGENTLOOP_JWT_PRIVATE_KEY_FILE": str(key_file()),
     }
     cluster = Cluster(env, tmp_path)
     try:
+        made = subprocess.run(
+            [sys.executable, "-m", "agentloop", "api-keys", "create", "replicas", "--role", "admin"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        cluster.key = made.stdout.strip()
         cluster.spawn("worker", "worker")
         cluster.replicas("api-1", "api-2")
         yield cluster
@@ -131,7 +145,7 @@ async def until(check: Any, timeout_s: float, what: str) -> Any:
 async def test_two_replicas_and_a_worker_share_one_database_and_redis(
     cluster: Cluster, database: str, model_file: ModelFile, tmp_path: Path
 ) -> None:
-    a, b = (httpx.AsyncClient(base_url=url, timeout=120) for url in cluster.urls)
+    a, b = (httpx.AsyncClient(base_url=url, timeout=120, headers=bearer(cluster.key)) for url in cluster.urls)
     async with a, b:
         for replica in (a, b):
             ready = (await replica.get("/health/ready")).json()

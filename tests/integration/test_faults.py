@@ -21,6 +21,7 @@ import pytest
 
 from agentloop.entrypoints.api import create_app
 from agentloop.settings import Settings
+from auth_helpers import admin_key, bearer, fast_auth
 from fakes import FakeEngine
 from services import OwnedPostgres, OwnedRedis
 
@@ -71,6 +72,7 @@ async def client(
         breaker_failures=2,
         breaker_reset_s=0.5,
         _env_file=None,
+        **fast_auth(),
     )
     engine = FakeEngine(["Stored answer."] * 10_000, delay_s=0.002)
     app = create_app(settings, engine=engine)
@@ -78,6 +80,7 @@ async def client(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test") as http,
     ):
+        http.headers.update(bearer(await admin_key(app)))
         yield http, engine
 
 

@@ -4,6 +4,7 @@ hashes (argon2-cffi) and rate limits (`limits`, in memory or in Redis)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
@@ -19,9 +20,14 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError
+from limits.errors import StorageError as LimitsStorageError
 from limits.storage import storage_from_string
+from limits.util import WindowStats
+from redis.exceptions import RedisError
 
 from agentloop.errors import AuthenticationError, RateLimitedError, StorageError, ValidationError
+
+logger = logging.getLogger(__name__)
 
 ALGORITHM = "RS256"
 KEY_BITS = 2048
@@ -185,19 +191,33 @@ class RateLimiter:
             raise ValidationError(f"invalid rate limit: {exc}", field="rate_limit") from exc
         self.storage = storage
         self.strategy = MovingWindowRateLimiter(storage)
+        # When the shared counters (Redis) are unreachable the limits still hold, per process, until they
+        # return: a cache outage must not take the API down (issue "production": serve without Redis).
+        self.fallback = MovingWindowRateLimiter(MemoryStorage())
 
     async def hit(self, kind: str, key: str) -> None:
         """Count one request; RateLimitedError with the seconds to wait once the limit is reached."""
         item = self.items[kind]
         try:
-            allowed = await self.strategy.hit(item, kind, key)
-            if allowed:
-                return
-            stats = await self.strategy.get_window_stats(item, kind, key)
-        except (ConnectionError, OSError, ConfigurationError) as exc:
-            raise StorageError(f"rate-limit storage unavailable: {type(exc).__name__}") from exc
+            stats = await self._hit(self.strategy, item, kind, key)
+        except (ConnectionError, OSError, ConfigurationError, RedisError, LimitsStorageError) as exc:
+            if isinstance(self.storage, MemoryStorage):
+                raise StorageError(f"rate-limit storage unavailable: {type(exc).__name__}") from exc
+            logger.warning("rate-limit storage unavailable (%s): counting per process", type(exc).__name__)
+            stats = await self._hit(self.fallback, item, kind, key)
+        if stats is None:
+            return
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         raise RateLimitedError(f"rate limit of {item} per {kind} exceeded; retry in {wait}s", wait)
+
+    @staticmethod
+    async def _hit(
+        strategy: MovingWindowRateLimiter, item: RateLimitItem, kind: str, key: str
+    ) -> WindowStats | None:
+        """None when the request is allowed, else the window's stats (for Retry-After)."""
+        if await strategy.hit(item, kind, key):
+            return None
+        return await strategy.get_window_stats(item, kind, key)
 
 
 def rate_limit_storage(redis_url: str | None) -> Storage:

@@ -46,9 +46,9 @@ def route_template(scope: Scope) -> str:
     if isinstance(path, str):
         return path
     for candidate in getattr(scope.get("app"), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match == Match.FULL:
-            return str(candidate.path)
+        template = getattr(candidate, "path", None)  # included routers and mounts may have none
+        if isinstance(template, str) and candidate.matches(scope)[0] == Match.FULL:
+            return template
     return "unmatched"
 
 
