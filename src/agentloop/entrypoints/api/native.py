@@ -19,6 +19,7 @@ from agentloop.entrypoints.api.schemas import (
     MessageCreate,
     ToolOut,
     TurnOut,
+    groupthink_turn,
 )
 from agentloop.entrypoints.api.streams import unless_disconnected
 from agentloop.errors import ValidationError
@@ -90,9 +91,15 @@ async def delete_conversation(conversation_id: str, store: StoreDep) -> Response
 
 @router.post("/conversations/{conversation_id}/messages")
 async def post_message(
-    conversation_id: str, body: MessageCreate, agents: AgentsDep, request: Request
+    conversation_id: str, body: MessageCreate, agents: AgentsDep, container: ContainerDep, request: Request
 ) -> TurnOut:
-    """Send a message and run one agent turn to its answer; a dropped client cancels the turn."""
+    """Send a message and run one agent turn to its answer; a dropped client cancels the turn. With
+    `mode: "groupthink"` several samples answer and vote, and the consensus is stored and returned."""
+    if body.mode == "groupthink" and container.groupthink is not None:
+        answer = await unless_disconnected(
+            request, container.groupthink.answer(conversation_id, body.content)
+        )
+        return groupthink_turn(answer)
     turn = await unless_disconnected(request, agents.ask(conversation_id, body.content))
     return TurnOut.of(turn)
 
