@@ -217,6 +217,7 @@ def groupthink_config(settings: Settings) -> GroupThinkConfig:
         personas=tuple(settings.groupthink_personas),
         failed_tool_weight=settings.groupthink_failed_tool_weight,
         threshold=settings.groupthink_threshold,
+        min_support=settings.groupthink_min_support,
     )
 
 

@@ -66,7 +66,13 @@ class Settings(BaseSettings):
     )
     groupthink_samples: int = Field(3, ge=1, le=16, description="GroupThink: samples that answer and vote.")
     groupthink_temperature: float = Field(
-        0.7, ge=0, le=2, description="GroupThink: sampling temperature of each sample."
+        0.3,
+        ge=0,
+        le=2,
+        description="GroupThink: sampling temperature of each sample (the 270M model rarely agrees at 0.7).",
+    )
+    groupthink_min_support: int = Field(
+        2, ge=1, description="GroupThink: samples that must give the winning answer for a label."
     )
     groupthink_threshold: float = Field(
         0.6, gt=0, le=1, description="GroupThink: agreement a consensus needs to become a training label."

@@ -299,3 +299,22 @@ async def test_service_refuses_an_empty_message(tmp_path: Path) -> None:
     groupthink, agent, _ = world(tmp_path, [])
     with pytest.raises(ValidationError):
         await GroupThinkService(groupthink, FakeStore([agent])).answer("x", "  ")
+
+
+def test_a_lone_clean_sample_is_no_consensus_when_support_is_required() -> None:
+    failed = [sample(i, "?", step("write_file", ok=False, path="a")) for i in range(2)]
+    consensus = vote([*failed, sample(2, "Saved.", step("write_file", path="b"))], "Save it")
+    assert consensus.winner.index == 2 and consensus.support == 1
+    assert consensus.passes(0.6) and not consensus.passes(0.6, min_support=2)
+    # Support is capped by the number of samples: a single sample may label when N is 1.
+    assert vote([sample(0, "4")], "q").passes(1.0, min_support=2)
+
+
+def test_a_crashed_script_is_a_failed_tool_run() -> None:
+    call = ToolCall("python", {"code": "1/0"})
+    crashed = ToolResult(call.id, "python", "[stderr]\nZeroDivisionError\n[exit code 1]", ok=True)
+    killed = ToolResult(call.id, "python", "[killed by signal SIGKILL]", ok=True)
+    fine = ToolResult(call.id, "python", "printed [exit code 1] mid-way\n42", ok=True)
+    assert not Sample(0, ((call, crashed),), "x").clean
+    assert not Sample(0, ((call, killed),), "x").tools_ok
+    assert Sample(0, ((call, fine),), "x").clean

@@ -13,10 +13,11 @@ import pytest
 from agentloop.application.groupthink import GroupThink, GroupThinkConfig
 from agentloop.application.learning.dataset import ConversationForTraining, Signal, examples_from
 from agentloop.application.learning.evaluation import load_suites, suite_names
-from agentloop.application.learning.improve import ImproveReport, Score, markdown
-from agentloop.application.learning.labeling import Labeler, PracticePrompt, load_curriculum
+from agentloop.application.learning.improve import Improve, ImproveReport, Score, markdown
+from agentloop.application.learning.labeling import Labeler, PracticePrompt, interleaved, load_curriculum
 from agentloop.application.tools import Tool, ToolContext, ToolRegistry
 from agentloop.domain.events import ConsensusReached, Event
+from agentloop.domain.learning import JobStatus, ModelVersion, TrainingJob, VersionStatus
 from agentloop.domain.model import Agent
 from agentloop.errors import InferenceError, ValidationError
 from fakes import FakeEngine, FakeStore
@@ -188,3 +189,91 @@ def test_report_markdown_names_versions_gain_and_stages() -> None:
         {**data, "finished_at": "now", "versions": [report.base.to_dict(), report.serving.to_dict()]}
     )
     assert "| base | 25.0% | 25% | 50% |" in text and "+25.0 points" in text
+
+
+class FakeLearning:
+    """Stands in for LearningService: each run registers a candidate scored a bit better, promoted or not."""
+
+    def __init__(self, versions: Any, outcomes: list[tuple[float, bool]]) -> None:
+        self.versions = versions
+        self.outcomes = outcomes
+        self.jobs: dict[str, TrainingJob] = {}
+        self.examples = 0
+
+    async def submit(self, params: Any = None, reason: str = "manual") -> TrainingJob:
+        job = TrainingJob(params=dict(params or {}), reason=reason)
+        self.jobs[job.id] = job
+        return job
+
+    async def run(self, job_id: str, on_progress: Any = None) -> TrainingJob:
+        job = self.jobs[job_id]
+        accuracy, promote = self.outcomes.pop(0)
+        serving = await self.versions.serving_version()
+        self.examples += 3
+        version = ModelVersion(
+            id=f"v{len(self.versions.versions)}",
+            base_sha256="b",
+            adapter_path="a.gguf",
+            metrics={
+                "dataset": {"groupthink": self.examples},
+                "evaluation": eval_report("candidate", accuracy),
+                "serving_evaluation": eval_report(serving.id, 0.25),
+            },
+        )
+        await self.versions.add_version(version)
+        if promote:
+            serving.status, version.status = VersionStatus.RETIRED, VersionStatus.PROMOTED
+            await self.versions.save_versions([serving, version])
+        if on_progress is not None:
+            await on_progress({"stage": "train", "step": 1, "max_steps": 1, "loss": 1.0})
+        job.status, job.version_id = JobStatus.COMPLETED, version.id
+        job.progress = {
+            "examples": self.examples,
+            "promoted": promote,
+            "gate": ["ok" if promote else "no gain"],
+            "timings_s": {"dataset": 0.1, "train": 1.0, "evaluate": 2.0, "gate": 0.0},
+        }
+        return job
+
+
+async def test_improve_runs_the_cycles_and_reports_every_stage(tmp_path: Path) -> None:
+    from test_registry import MemoryVersions
+
+    versions = MemoryVersions()
+    base = ModelVersion(id="base", base_sha256="b", status=VersionStatus.PROMOTED)
+    await versions.add_version(base)
+    good = [call_text(expression="6*7"), "42"]
+    worker = labeler(tmp_path, [*good, *good, *good, "1", "2", "3"])
+    learning = FakeLearning(versions, [(0.5, True), (0.4, False)])
+    seen: list[dict[str, Any]] = []
+
+    async def record(update: dict[str, Any]) -> None:
+        seen.append(update)
+
+    report = await Improve(worker, learning, versions, {"note": "test"}).run(  # type: ignore[arg-type]
+        2, 1, {"max_steps": 3}, record
+    )
+    data = report.to_dict()
+    assert [c["labeling"]["attempted"] for c in data["cycles"]] == [1, 1]
+    assert [c["version"] for c in data["cycles"]] == ["v1", "v2"]
+    assert [c["promoted"] for c in data["cycles"]] == [True, False]
+    assert data["base"]["accuracy"] == 0.25 and data["serving"]["accuracy"] == 0.5
+    assert data["serving"]["version"] == "candidate" and data["gain_points"] == 25.0
+    assert data["examples_gained"] == 6 and [c["examples_gained"] for c in data["cycles"]] == [3, 3]
+    assert data["settings"]["note"] == "test" and data["settings"]["cycles"] == 2
+    assert set(data["cycles"][0]["timings_s"]) == {"label", "dataset", "train", "evaluate", "gate"}
+    assert {u["stage"] for u in seen} == {"label", "train"} and {u["cycle"] for u in seen} == {1, 2}
+    assert [v["accuracy"] for v in data["versions"]] == [0.25, 0.5, 0.4]
+
+    from agentloop.adapters.report import write_report
+
+    files = write_report(data, tmp_path / "reports")
+    assert files["chart"].read_bytes().startswith(b"\x89PNG")
+    text = files["markdown"].read_text()
+    assert "![accuracy per version](improve.png)" in text and "| 2 | 0 / 1 | 6 (+3) | v2 | no |" in text
+    assert json.loads(files["json"].read_text())["gain_points"] == 25.0
+
+
+def test_the_curriculum_is_asked_topic_by_topic() -> None:
+    prompts = [PracticePrompt(f"{t}{i}", (), t) for t in "abc" for i in range(3 if t == "a" else 1)]
+    assert [p.prompt for p in interleaved(prompts)] == ["a0", "b0", "c0", "a1", "a2"]

@@ -41,6 +41,9 @@ Step = tuple[ToolCall, ToolResult]
 _NUMBER = re.compile(
     r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])|(?<![\w.])-?\.\d+"
 )
+# The python sandbox reports a crashed script as output ending in "[exit code N]" / "[killed by signal S]"
+# (adapters/tools/sandbox.py) rather than as a failed call; for a vote that is a failed tool run.
+_FAILED_RUN = re.compile(r"\[(?:exit code -?[1-9]\d*|killed by signal \w+)\]\s*$")
 _SPACE_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
 _WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")
 # Function words carry no claim: "The answer is 42." and "42" say the same thing.
@@ -143,12 +146,16 @@ class Sample:
 
     @property
     def tools_ok(self) -> bool:
-        return all(result.ok for _, result in self.steps)
+        return all(ran_cleanly(result) for _, result in self.steps)
 
     @property
     def clean(self) -> bool:
         """Finished with an answer and every tool call ran without error."""
         return self.error is None and self.answer is not None and self.tools_ok
+
+
+def ran_cleanly(result: ToolResult) -> bool:
+    return result.ok and not _FAILED_RUN.search(result.output)
 
 
 @dataclass(frozen=True)
@@ -171,14 +178,22 @@ class Consensus:
     def dissent(self) -> tuple[Vote, ...]:
         return self.votes[1:]
 
-    def passes(self, threshold: float) -> bool:
-        """Good enough to train on: agreement reaches the threshold and the winner ran cleanly."""
-        return self.winner.clean and self.agreement >= threshold
+    @property
+    def support(self) -> int:
+        """How many samples gave the winning answer."""
+        return len(self.votes[0].samples)
+
+    def passes(self, threshold: float, min_support: int = 1) -> bool:
+        """Good enough to train on: agreement reaches the threshold, enough samples back it (capped at the
+        number of samples) and the winner ran cleanly."""
+        enough = self.support >= min(min_support, len(self.samples))
+        return self.winner.clean and enough and self.agreement >= threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.winner.answer,
             "agreement": round(self.agreement, 4),
+            "support": self.support,
             "winner": self.winner.index,
             "votes": [_vote_dict(vote) for vote in self.votes],
             "dissent": [_vote_dict(vote) for vote in self.dissent],
@@ -234,17 +249,21 @@ def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: floa
 @dataclass(frozen=True)
 class GroupThinkConfig:
     samples: int = 3
-    temperature: float = 0.7
+    temperature: float = 0.3
     top_p: float = 0.95
     max_tokens: int | None = None  # None: the agent's own
     personas: tuple[str, ...] = ()  # appended to the system prompt of sample i % len(personas)
     failed_tool_weight: float = 0.25
     threshold: float = 0.6
+    # A lone clean sample beside failed ones would otherwise pass: one sample is not a consensus.
+    min_support: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ValidationError("groupthink needs at least one sample", field="samples")
+        if self.min_support < 1:
+            raise ValidationError("min_support must be at least 1", field="min_support")
         if not 0.0 < self.threshold <= 1.0:
             raise ValidationError("threshold must be in (0, 1]", field="threshold")
         ModelConfig(temperature=self.temperature, top_p=self.top_p)  # validates the ranges
@@ -365,7 +384,8 @@ class GroupThinkService:
             shutil.copytree(
                 winner.workspace, self.groupthink.workspace_root / conversation.id, dirs_exist_ok=True
             )
-        labeled = consensus.passes(self.groupthink.config.threshold)
+        config = self.groupthink.config
+        labeled = consensus.passes(config.threshold, config.min_support)
         event = consensus_event(conversation.id, messages[-1], consensus, text, labeled)
         await self.store.append(conversation.id, messages, [event])
         return GroupThinkAnswer(conversation.id, messages[-1], consensus, labeled)

@@ -5,6 +5,7 @@ conversation (source "groupthink") plus a ConsensusReached event; the dataset bu
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +52,15 @@ def load_curriculum(text: str | None = None) -> list[PracticePrompt]:
         if unknown or not prompts[-1].prompt.strip():
             raise ValidationError(f"{CURRICULUM_FILE}:{number}: bad item", field="curriculum")
     return prompts
+
+
+def interleaved(prompts: Sequence[PracticePrompt]) -> list[PracticePrompt]:
+    """One prompt of each topic in turn, so that any prefix of the curriculum covers every topic."""
+    by_topic: dict[str, list[PracticePrompt]] = {}
+    for prompt in prompts:
+        by_topic.setdefault(prompt.topic, []).append(prompt)
+    rounds = itertools.zip_longest(*by_topic.values())
+    return [prompt for round_ in rounds for prompt in round_ if prompt is not None]
 
 
 def _tool_rank(name: str) -> tuple[int, str]:
@@ -114,7 +124,7 @@ class Labeler:
         votes = await self.labels.consensus_events()
         tried_now = {(v.prompt, v.model_version) for v in votes}
         tried = {v.prompt for v in votes}
-        pool = [*await self.labels.unrated_prompts(200), *self.curriculum]
+        pool = [*await self.labels.unrated_prompts(200), *interleaved(self.curriculum)]
         unique = list({p.prompt: p for p in reversed(pool)}.values())[::-1]
         fresh = [p for p in unique if (p.prompt, model_version) not in tried_now]
         return [p for p in fresh if p.prompt not in tried] + [p for p in fresh if p.prompt in tried]
@@ -155,7 +165,8 @@ class Labeler:
         except AgentLoopError:
             return None
         try:
-            if not consensus.passes(self.groupthink.config.threshold):
+            config = self.groupthink.config
+            if not consensus.passes(config.threshold, config.min_support):
                 await self.labels.add_events([consensus_event(None, None, consensus, prompt.prompt, False)])
                 return 0, consensus.agreement
             conversation = Conversation(agent.id, title=prompt.prompt[:80], source="groupthink")
