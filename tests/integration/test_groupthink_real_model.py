@@ -29,7 +29,7 @@ async def test_samples_of_the_real_model_run_the_calculator_and_agree(
 ) -> None:
     settings = model_settings(tmp_path)
     tools = ToolRegistry(builtin_tools(settings))
-    config = GroupThinkConfig(samples=3, temperature=0.7, max_tokens=48)
+    config = GroupThinkConfig(samples=3, temperature=0.3, max_tokens=48)
     groupthink = GroupThink(llama_engine, tools, tmp_path / "ws", config)  # type: ignore[arg-type]
     agent = Agent("gt", ModelConfig(max_tokens=48), ("calculator",), max_steps=2)
 
