@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from agentloop.application.groupthink import (
     GroupThinkConfig,
     GroupThinkService,
     Sample,
+    adds_to,
     canonical_call,
     canonical_number,
     canonical_text,
@@ -318,3 +320,19 @@ def test_a_crashed_script_is_a_failed_tool_run() -> None:
     assert not Sample(0, ((call, crashed),), "x").clean
     assert not Sample(0, ((call, killed),), "x").tools_ok
     assert Sample(0, ((call, fine),), "x").clean
+
+
+def test_a_winner_that_repeats_a_call_or_restates_the_question_teaches_nothing() -> None:
+    twice = sample(
+        0,
+        "31.",
+        step("write_file", path="m.txt", content="31*29"),
+        step("write_file", path="m.txt", content="31 * 29"),
+    )
+    assert twice.repeats and twice.clean
+    consensus = vote([twice, replace(twice, index=1)], "Compute 31 * 29 and save it to m.txt.")
+    assert consensus.agreement == 1.0 and not consensus.teachable and not consensus.passes(0.5)
+    question = "How many days are between 2022-11-11 and 2023-01-01?"
+    echo = vote([sample(i, "2022-11-11 is 2023-01-01.") for i in range(3)], question)
+    assert echo.agreement == 1.0 and not echo.passes(0.5)
+    assert adds_to("51 days.", question) and not adds_to("2022-11-11 is 2023-01-01.", question)

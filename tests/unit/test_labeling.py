@@ -147,12 +147,12 @@ async def test_a_prompt_is_tried_once_per_model_version(tmp_path: Path) -> None:
 
 
 async def test_stored_prompts_come_first_with_their_own_agent(tmp_path: Path) -> None:
-    worker = labeler(tmp_path, ["7", "7", "7"])
+    worker = labeler(tmp_path, ["21", "21", "21"])
     assert isinstance(worker.conversations, FakeAgents)
     owner = Agent("owner", allowed_tools=("calculator",))
     await worker.conversations.create_agent(owner)
     assert isinstance(worker.labels, FakeLabels)
-    worker.labels.stored = [PracticePrompt("What is 7*1?", (), "stored", owner.id)]
+    worker.labels.stored = [PracticePrompt("What is 7*3?", (), "stored", owner.id)]
     report = await worker.label(limit=1)
     assert report.labeled == 1 and report.topics == {"stored": {"attempted": 1, "labeled": 1}}
     [conversation] = worker.conversations.conversations.values()

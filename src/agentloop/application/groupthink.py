@@ -76,11 +76,12 @@ def canonical_number(text: str) -> str:
 def canonical_text(text: str) -> str:
     """Unicode-normalised, case-folded, numbers spelled one way, whitespace collapsed and dropped around
     symbols ("1234 * 5678" == "1234*5678"), closing punctuation removed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _folded(text)
     text = _NUMBER.sub(lambda match: canonical_number(match.group()), text)
     text = " ".join(text.split())
     text = _SPACE_AROUND_SYMBOL.sub(r"\1", text)
-    return text.strip().rstrip(".!?;:")
+    # Joining across a dropped space can put a combining mark after a letter: compose once more.
+    return unicodedata.normalize("NFKC", text).strip().rstrip(".!?;:")
 
 
 def canonical_value(value: Any) -> Any:
@@ -107,13 +108,27 @@ def canonical_call(call: ToolCall) -> str:
 def claim_of(answer: str, question: str = "") -> tuple[str, ...]:
     """What an answer asserts: its numbers and content words that the question did not contain, sorted. An
     answer that only repeats the question (or is only function words) is its whole canonical text."""
-    asked = set(_tokens(question))
-    claim = sorted({token for token in _tokens(answer) if token not in asked and token not in STOPWORDS})
+    claim = _added(answer, question)
     return tuple(claim) if claim else (canonical_text(answer),)
 
 
+def adds_to(answer: str, question: str) -> bool:
+    """False when the answer only restates the question ("2022-11-11 is 2023-01-01."): no claim to learn."""
+    return bool(_added(answer, question))
+
+
+def _added(answer: str, question: str) -> list[str]:
+    asked = set(_tokens(question))
+    return sorted({token for token in _tokens(answer) if token not in asked and token not in STOPWORDS})
+
+
+def _folded(text: str) -> str:
+    # Case folding can leave a decomposed sequence ("Á" -> "a" + U+0301): normalise again after it.
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
 def _tokens(text: str) -> list[str]:
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _folded(text)
     numbers = [canonical_number(match) for match in _NUMBER.findall(text)]
     words = _WORD.findall(_NUMBER.sub(" ", text))
     return numbers + words
@@ -149,6 +164,12 @@ class Sample:
         return all(ran_cleanly(result) for _, result in self.steps)
 
     @property
+    def repeats(self) -> bool:
+        """The same call twice in one turn: the model lost track (the agent loop then forces an answer)."""
+        calls = [canonical_call(call) for call, _ in self.steps]
+        return len(calls) != len(set(calls))
+
+    @property
     def clean(self) -> bool:
         """Finished with an answer and every tool call ran without error."""
         return self.error is None and self.answer is not None and self.tools_ok
@@ -173,6 +194,7 @@ class Consensus:
     agreement: float
     votes: tuple[Vote, ...]  # the winning vote first
     samples: tuple[Sample, ...]
+    question: str = ""
 
     @property
     def dissent(self) -> tuple[Vote, ...]:
@@ -187,7 +209,14 @@ class Consensus:
         """Good enough to train on: agreement reaches the threshold, enough samples back it (capped at the
         number of samples) and the winner ran cleanly."""
         enough = self.support >= min(min_support, len(self.samples))
-        return self.winner.clean and enough and self.agreement >= threshold
+        return self.teachable and enough and self.agreement >= threshold
+
+    @property
+    def teachable(self) -> bool:
+        """The winner ran cleanly, never repeated a call, and its answer adds to the question."""
+        winner = self.winner
+        answered = winner.answer is not None and adds_to(winner.answer, self.question)
+        return winner.clean and not winner.repeats and answered
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,7 +267,8 @@ def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: floa
     total = sum(v.weight for v in votes)
     winner = groups[votes[0].key][0]
     agreement = votes[0].weight / total if total > 0 else 0.0
-    return Consensus(winner, agreement, tuple(votes), tuple(sorted(samples, key=lambda s: s.index)))
+    ordered = tuple(sorted(samples, key=lambda s: s.index))
+    return Consensus(winner, agreement, tuple(votes), ordered, question)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -418,6 +448,7 @@ __all__ = [
     "GroupThinkService",
     "Sample",
     "Vote",
+    "adds_to",
     "adopt",
     "canonical_call",
     "canonical_number",
