@@ -79,6 +79,7 @@ async def _improve(
                 "samples": gt.samples,
                 "temperature": gt.temperature,
                 "threshold": gt.threshold,
+                "min_support": gt.min_support,
                 "max_tokens": gt.max_tokens,
                 "failed_tool_weight": gt.failed_tool_weight,
                 "personas": list(gt.personas),

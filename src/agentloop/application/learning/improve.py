@@ -65,6 +65,11 @@ class CycleReport:
     serving_after: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def examples_total(self) -> int:
+        """Examples in the cycle's dataset (train and validation), summed over their signals."""
+        return sum(int(count) for name, count in self.dataset.items() if name != "train")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "cycle": self.cycle,
@@ -76,6 +81,7 @@ class CycleReport:
             "gate": self.gate,
             "labeling": self.labeling,
             "dataset": self.dataset,
+            "examples_total": self.examples_total,
             "examples_gained": self.examples_gained,
             "candidate": None if self.candidate is None else self.candidate.to_dict(),
             "serving_before": None if self.serving_before is None else self.serving_before.to_dict(),
@@ -146,7 +152,7 @@ class Improve:
         previous_examples = 0
         for number in range(1, cycles + 1):
             cycle = await self._cycle(number, label_per_cycle, params or {}, on_progress)
-            total = int(cycle.dataset.get("train", 0)) + int(cycle.dataset.get("validation", 0))
+            total = cycle.examples_total
             cycle.examples_gained = max(total - previous_examples, 0)
             previous_examples = max(previous_examples, total)
             report.cycles.append(cycle)
@@ -237,7 +243,7 @@ def markdown(report: Mapping[str, Any], chart: str | None = None) -> str:
     ]
     for c in report.get("cycles", []):
         t, lab = c["timings_s"], c["labeling"]
-        total = c["dataset"].get("train", 0)
+        total = c.get("examples_total", c["dataset"].get("train", 0))
         lines.append(
             f"| {c['cycle']} | {lab['labeled']} / {lab['attempted']} | {total} (+{c['examples_gained']}) | "
             f"{c['version'] or '-'} | {'yes' if c['promoted'] else 'no'} | {t.get('label', 0):.0f} | "
