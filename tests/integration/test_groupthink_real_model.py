@@ -29,18 +29,19 @@ async def test_samples_of_the_real_model_run_the_calculator_and_agree(
 ) -> None:
     settings = model_settings(tmp_path)
     tools = ToolRegistry(builtin_tools(settings))
-    config = GroupThinkConfig(samples=3, temperature=0.3, max_tokens=48)
+    config = GroupThinkConfig(samples=2, temperature=0.3, max_tokens=40)
     groupthink = GroupThink(llama_engine, tools, tmp_path / "ws", config)  # type: ignore[arg-type]
-    agent = Agent("gt", ModelConfig(max_tokens=48), ("calculator",), max_steps=2)
+    # One tool step, then the answer: 4 short model calls in all, so the test stays quick.
+    agent = Agent("gt", ModelConfig(max_tokens=40), ("calculator",), max_steps=1)
 
     consensus = await groupthink.consensus(agent, [], "What is 347 * 29?")
 
-    assert len(consensus.samples) == 3 and {s.seed for s in consensus.samples} == {0, 1, 2}
+    assert len(consensus.samples) == 2 and {s.seed for s in consensus.samples} == {0, 1}
     assert consensus.winner.steps and consensus.winner.steps[0][0].name == "calculator"
     assert consensus.winner.steps[0][1].output == "10063"
     assert consensus.winner.answer and "10063" in consensus.winner.answer.replace(",", "")
-    assert 1 / 3 <= consensus.agreement <= 1.0
-    assert sum(len(v.samples) for v in consensus.votes) == 3
+    assert 0.5 <= consensus.agreement <= 1.0
+    assert sum(len(v.samples) for v in consensus.votes) == 2
     groupthink.discard(consensus)
 
 
