@@ -56,9 +56,8 @@ async def test_one_tiny_improve_cycle_with_the_real_model(
             "train_max_steps": 2,
             "train_batch_size": 2,
             "n_threads": 1,
-            "groupthink_samples": 2,
+            "groupthink_samples": 3,
             "groupthink_max_tokens": 48,
-            "groupthink_threshold": 0.5,
             "eval_max_items_per_suite": 1,
             "eval_suites": ["arithmetic", "units"],
             # The gate is unit-tested; here it must let the candidate through so promotion is exercised.
@@ -69,8 +68,9 @@ async def test_one_tiny_improve_cycle_with_the_real_model(
     async with bootstrap(settings, follow_versions=False) as container:
         assert container.labeler is not None
         container.labeler.curriculum = [
-            PracticePrompt("What is 612 * 48?", ("calculator",), "arithmetic"),
-            PracticePrompt("How many minutes are in 4.5 hours?", ("calculator",), "units"),
+            # Two curriculum prompts the base model labeled (2 of 3 samples agreeing) in the measured run.
+            PracticePrompt("What is 2468 * 1357?", ("calculator",), "arithmetic"),
+            PracticePrompt("Calculate 50000 - 12345.", ("calculator",), "arithmetic"),
         ]
         container.learning.queue = None
         assert isinstance(container.learning.evaluator, EngineEvaluator)
@@ -97,4 +97,4 @@ async def test_one_tiny_improve_cycle_with_the_real_model(
     assert json.loads(files["json"].read_text())["cycles"][0]["version"] == cycle["version"]
     assert files["chart"].read_bytes().startswith(b"\x89PNG")
     assert "| base |" in files["markdown"].read_text()
-    assert not {i.prompt for i in load_suites(None, split=None)} & {"What is 612 * 48?"}
+    assert not {i.prompt for i in load_suites(None, split=None)} & {"What is 2468 * 1357?"}
