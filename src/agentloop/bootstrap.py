@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentloop.adapters.auth import (
     Argon2Hasher,
@@ -32,11 +32,14 @@ from agentloop.adapters.model_files import ModelFile
 from agentloop.adapters.queue import HueyQueue, make_huey
 from agentloop.adapters.storage.auth_repository import SqlAuthStore
 from agentloop.adapters.storage.database import create_engine, upgrade
+from agentloop.adapters.storage.groupthink_repository import SqlGroupThinkStore
 from agentloop.adapters.storage.learning_repository import SqlLearningStore
 from agentloop.adapters.storage.repository import SqlStore
 from agentloop.adapters.tools import builtin_tools
 from agentloop.application.agent import AgentService
 from agentloop.application.auth import AuthConfig, AuthService
+from agentloop.application.groupthink import GroupThink, GroupThinkConfig, GroupThinkService
+from agentloop.application.learning.labeling import Labeler
 from agentloop.application.learning.registry import ModelRegistry, RecordOnlyHost, adapter_host_of
 from agentloop.application.learning.service import LearningConfig, LearningService
 from agentloop.application.ports import AdapterHost, ConversationStore, InferenceEngine
@@ -67,6 +70,8 @@ class Container:
     limiter: RateLimiter
     metrics: Metrics = field(default_factory=metrics_for_process)
     cache: CachedConversationStore | None = None
+    groupthink: GroupThinkService | None = None
+    labeler: Labeler | None = None
 
 
 async def start_embedded_engine(settings: Settings) -> tuple[InferenceEngine, ModelFile]:
@@ -166,9 +171,11 @@ async def bootstrap(
             follow = asyncio.create_task(registry.follow(settings.version_poll_s))
         queue = HueyQueue(make_huey(settings), lambda job_id: run_job_in_worker(settings, job_id))
         # Evaluation runs on the bare engine: its model calls are not served traffic.
+        labels = SqlGroupThinkStore(sessions)
         learning = build_learning(
-            settings, engine, swapper, tools, learning_store, store, registry, model_file, queue
+            settings, engine, swapper, tools, learning_store, store, registry, model_file, queue, labels
         )
+        groupthink, labeler = build_groupthink(settings, engine, tools, store, sessions)
         yield Container(
             settings,
             observed,
@@ -189,6 +196,8 @@ async def bootstrap(
             ),
             metrics,
             cache,
+            groupthink,
+            labeler,
         )
     finally:
         if follow is not None:
@@ -232,6 +241,7 @@ def build_learning(
     registry: ModelRegistry,
     model_file: ModelFile | None,
     queue: HueyQueue,
+    labels: SqlGroupThinkStore | None = None,
 ) -> LearningService:
     base_path = model_file.path if model_file else settings.cache_dir
     base_sha = model_file.sha256 if model_file else "unknown"
@@ -256,13 +266,50 @@ def build_learning(
     )
     return LearningService(
         learning_store,
-        StoredDatasetSource(learning_store, store, tools),
+        StoredDatasetSource(learning_store, store, tools, labels=labels),
         SubprocessTrainer(base_path, base_sha, settings.cache_dir, settings.threads),
         evaluator,
         registry,
         config,
         queue,
     )
+
+
+def groupthink_config(settings: Settings) -> GroupThinkConfig:
+    return GroupThinkConfig(
+        samples=settings.groupthink_samples,
+        temperature=settings.groupthink_temperature,
+        max_tokens=settings.groupthink_max_tokens,
+        personas=tuple(settings.groupthink_personas),
+        failed_tool_weight=settings.groupthink_failed_tool_weight,
+        threshold=settings.groupthink_threshold,
+        min_support=settings.groupthink_min_support,
+    )
+
+
+def build_groupthink(
+    settings: Settings,
+    engine: InferenceEngine,
+    tools: ToolRegistry,
+    store: SqlStore,
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[GroupThinkService, Labeler]:
+    """GroupThink as an inference mode and as the labeler of unrated traffic (ADR-0010)."""
+    groupthink = GroupThink(
+        engine,
+        tools,
+        settings.workspace_dir / "groupthink",
+        groupthink_config(settings),
+        settings.single_line_answers,
+    )
+    labeler = Labeler(
+        groupthink,
+        SqlGroupThinkStore(sessions),
+        store,
+        max_tokens=settings.max_tokens,
+        max_steps=settings.max_steps,
+    )
+    return GroupThinkService(groupthink, store), labeler
 
 
 def run_job_in_worker(settings: Settings, job_id: str) -> None:

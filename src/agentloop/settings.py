@@ -75,6 +75,35 @@ class Settings(BaseSettings):
     eval_max_items_per_suite: int = Field(
         0, ge=0, description="Held-out items per suite the gate runs (0 = all); fewer is faster, noisier."
     )
+    groupthink_samples: int = Field(3, ge=1, le=16, description="GroupThink: samples that answer and vote.")
+    groupthink_temperature: float = Field(
+        0.3,
+        ge=0,
+        le=2,
+        description="GroupThink: sampling temperature of each sample (the 270M model rarely agrees at 0.7).",
+    )
+    groupthink_min_support: int = Field(
+        2, ge=1, description="GroupThink: samples that must give the winning answer for a label."
+    )
+    groupthink_threshold: float = Field(
+        0.6, gt=0, le=1, description="GroupThink: agreement a consensus needs to become a training label."
+    )
+    groupthink_failed_tool_weight: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="GroupThink: vote weight of a sample whose tool call failed (clean = 1).",
+    )
+    groupthink_max_tokens: int = Field(
+        128, ge=1, description="GroupThink: reply length of each sample's model calls."
+    )
+    groupthink_personas: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="GroupThink: persona texts appended to sample i's system prompt ('|'-separated).",
+    )
+    improve_label_per_cycle: int = Field(
+        24, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
+    )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")
     auth_enabled: bool = Field(
@@ -147,6 +176,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("groupthink_personas", mode="before")
+    @classmethod
+    def _split_personas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [persona.strip() for persona in value.split("|") if persona.strip()]
         return value
 
     @property

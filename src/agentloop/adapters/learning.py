@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agentloop.adapters.storage.groupthink_repository import SqlGroupThinkStore
 from agentloop.adapters.storage.learning_repository import SqlLearningStore, StoredDataset
 from agentloop.adapters.storage.repository import SqlStore
 from agentloop.application.agent import AgentService
@@ -25,7 +26,8 @@ from agentloop.application.learning.evaluation import MemoryStore as EvalStore
 from agentloop.application.learning.service import DatasetSummary, Progress, TrainOutcome
 from agentloop.application.ports import AdapterHost, InferenceEngine
 from agentloop.application.tools import ToolRegistry
-from agentloop.domain.learning import ModelVersion
+from agentloop.domain.learning import Feedback, ModelVersion
+from agentloop.domain.model import Conversation
 from agentloop.errors import NotFoundError
 
 TRAIN_FILE = "train.jsonl"
@@ -36,24 +38,39 @@ class StoredDatasetSource:
     """Training examples from stored conversations and their feedback, rendered with the serving prompt."""
 
     def __init__(
-        self, learning: SqlLearningStore, conversations: SqlStore, tools: ToolRegistry, limit: int = 5000
+        self,
+        learning: SqlLearningStore,
+        conversations: SqlStore,
+        tools: ToolRegistry,
+        limit: int = 5000,
+        labels: SqlGroupThinkStore | None = None,
     ) -> None:
         self.learning = learning
         self.conversations = conversations
         self.tools = tools
         self.limit = limit
+        self.labels = labels
 
     async def sources(self, since: datetime | None) -> list[ConversationForTraining]:
         pairs = await self.learning.conversations_with_feedback(since, self.limit)
+        found: dict[str, tuple[Conversation, list[Feedback], dict[str, float]]] = {
+            conversation.id: (conversation, feedback, {}) for conversation, feedback in pairs
+        }
+        if self.labels is not None:
+            # GroupThink consensus turns (ADR-0010) join with their agreement as the `groupthink` signal.
+            for conversation, agreement in await self.labels.labeled_conversations(self.limit, since):
+                _, feedback, _ = found.get(conversation.id, (conversation, [], {}))
+                found[conversation.id] = (conversation, feedback, agreement)
         sources = []
-        for conversation, feedback in pairs:
+        for conversation, feedback, agreement in found.values():
             try:
                 agent = await self.conversations.get_agent(conversation.agent_id)
             except NotFoundError:
                 continue
             names = [name for name in agent.allowed_tools if name in self.tools.names()]
+            tools = self.tools.select(names)
             sources.append(
-                ConversationForTraining(conversation, agent.system_prompt, self.tools.select(names), feedback)
+                ConversationForTraining(conversation, agent.system_prompt, tools, feedback, agreement)
             )
         return sources
 
@@ -106,6 +123,7 @@ class EngineEvaluator:
         self.max_items = max_items_per_suite
         self.split = "heldout"
         self.single_line = single_line
+        self._reports: dict[tuple[Any, ...], EvalReport] = {}
 
     def items(self) -> list[Any]:
         items = load_suites(self.suites, split=self.split)
@@ -120,9 +138,16 @@ class EngineEvaluator:
         return chosen
 
     async def evaluate(self, version: ModelVersion) -> EvalReport:
+        items = self.items()
+        # Greedy decoding with a fixed seed: the same version on the same items scores the same, so a
+        # version already measured in this process (the serving one, cycle after cycle) is not re-run.
+        key = (version.id, version.adapter_sha256, self.split, tuple(item.id for item in items))
+        if key in self._reports:
+            return self._reports[key]
         await self.host.serve_version(version.id, _adapter(version))
         try:
-            return await run_eval(self._service, self.items(), EvalSettings())
+            self._reports[key] = await run_eval(self._service, items, EvalSettings())
+            return self._reports[key]
         finally:
             serving = await self.versions.serving_version()
             if serving is not None and serving.id != version.id:

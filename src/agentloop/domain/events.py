@@ -84,3 +84,16 @@ class ModelUpdated(Event):
     version_id: str
     previous_version_id: str | None
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsensusReached(Event):
+    """A GroupThink vote; `labeled` turns (conversation_id/message_id set) become training examples."""
+
+    conversation_id: str | None
+    message_id: str | None
+    prompt: str
+    agreement: float
+    samples: int
+    labeled: bool
+    model_version: str

@@ -40,6 +40,8 @@ from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
 from agentloop.entrypoints.cli_auth import register as register_auth
+from agentloop.entrypoints.cli_improve import groupthink_json, print_groupthink
+from agentloop.entrypoints.cli_improve import register as register_improve
 from agentloop.entrypoints.cli_learning import register as register_learning
 from agentloop.entrypoints.cli_render import (
     Check,
@@ -92,6 +94,7 @@ app.add_typer(conversations_app, name="conversations")
 register_learning(app)
 register_training(app)
 register_auth(app)
+register_improve(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ConversationOption = Annotated[
@@ -267,10 +270,18 @@ async def stream_turn(container: Container, conversation_id: str, text: str) -> 
         printer.handle(event)
 
 
-async def _ask(wired: Wiring, text: str, conversation_id: str | None, as_json: bool) -> None:
+async def _ask(
+    wired: Wiring, text: str, conversation_id: str | None, as_json: bool, groupthink: bool = False
+) -> None:
     async with wired.container() as container:
         conversation_id = conversation_id or await new_conversation(container, text)
-        if as_json:
+        if groupthink and container.groupthink is not None:
+            answer = await container.groupthink.answer(conversation_id, text)
+            if as_json:
+                echo_json(groupthink_json(answer))
+            else:
+                print_groupthink(answer)
+        elif as_json:
             finished = await container.agents.ask(conversation_id, text)
             echo_json(turn_json(finished, conversation_id))
         else:
@@ -282,10 +293,13 @@ def ask(
     ctx: typer.Context,
     text: Annotated[str, typer.Argument(help="The question.")],
     conversation: ConversationOption = None,
+    groupthink: Annotated[
+        bool, typer.Option("--groupthink", help="Answer by the vote of several samples (GroupThink).")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Ask the default agent one question in-process; tool steps are shown as they run."""
-    asyncio.run(_ask(wiring(ctx), text, conversation, as_json))
+    asyncio.run(_ask(wiring(ctx), text, conversation, as_json, groupthink))
 
 
 class Repl:

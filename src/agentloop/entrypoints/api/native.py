@@ -21,6 +21,7 @@ from agentloop.entrypoints.api.schemas import (
     MessageCreate,
     ToolOut,
     TurnOut,
+    groupthink_turn,
 )
 from agentloop.entrypoints.api.security import AdminDep, PrincipalDep
 from agentloop.entrypoints.api.streams import unless_disconnected
@@ -121,9 +122,15 @@ async def post_message(
     request: Request,
     container: ContainerDep,
 ) -> TurnOut:
-    """Send a message and run one agent turn to its answer; a dropped client cancels the turn."""
+    """Send a message and run one agent turn to its answer; a dropped client cancels the turn. With
+    `mode: "groupthink"` several samples answer and vote, and the consensus is stored and returned."""
     await check_owner(store, conversation_id, principal)
     with container.metrics.conversation_active(conversation_id):
+        if body.mode == "groupthink" and container.groupthink is not None:
+            answer = await unless_disconnected(
+                request, container.groupthink.answer(conversation_id, body.content)
+            )
+            return groupthink_turn(answer)
         turn = await unless_disconnected(request, agents.ask(conversation_id, body.content))
     return TurnOut.of(turn)
 

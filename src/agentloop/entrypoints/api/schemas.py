@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentloop.application.agent import TurnFinished
+from agentloop.application.groupthink import GroupThinkAnswer
 from agentloop.application.tools import ToolSchema
 from agentloop.domain.model import Agent, Conversation, Message, ToolCall, ToolResult
 
@@ -167,6 +168,9 @@ class ConversationDetail(ConversationOut):
 
 class MessageCreate(Body):
     content: str = Field(min_length=1, description="The user's message.")
+    mode: Literal["single", "groupthink"] = Field(
+        "single", description="`groupthink`: several samples answer, run their tools and vote (ADR-0010)."
+    )
 
 
 class StepOut(BaseModel):
@@ -189,6 +193,7 @@ class TurnOut(BaseModel):
     usage: UsageOut
     latency_ms: float
     model_version: str | None
+    groupthink: GroupThinkOut | None = None
 
     @classmethod
     def of(cls, turn: TurnFinished) -> TurnOut:
@@ -206,6 +211,49 @@ class TurnOut(BaseModel):
             latency_ms=turn.latency_ms,
             model_version=message.model_version,
         )
+
+
+class VoteOut(BaseModel):
+    samples: list[int]
+    weight: float
+    answer: str | None
+    calls: list[dict[str, Any]]
+
+
+class GroupThinkOut(BaseModel):
+    agreement: float = Field(description="The winning answer's share of the (tool-success weighted) vote.")
+    samples: int
+    labeled: bool = Field(description="Stored as a training label (agreement >= threshold, tools clean).")
+    votes: list[VoteOut]
+    dissent: list[VoteOut]
+
+
+def groupthink_turn(answer: GroupThinkAnswer) -> TurnOut:
+    """A GroupThink answer in the shape of a turn, with the vote beside it."""
+    consensus, message = answer.consensus, answer.message
+    data = consensus.to_dict()
+    return TurnOut(
+        conversation_id=answer.conversation_id,
+        message_id=message.id,
+        answer=message.content,
+        steps=[
+            StepOut(name=c.name, arguments=c.arguments, result=r.output, ok=r.ok)
+            for c, r in consensus.winner.steps
+        ],
+        # The winner's turn; the other samples cost as much again each.
+        usage=UsageOut(
+            prompt_tokens=message.usage.prompt_tokens, completion_tokens=message.usage.completion_tokens
+        ),
+        latency_ms=message.latency_ms or 0.0,
+        model_version=message.model_version,
+        groupthink=GroupThinkOut(
+            agreement=data["agreement"],
+            samples=len(consensus.samples),
+            labeled=answer.labeled,
+            votes=[VoteOut(**vote) for vote in data["votes"]],
+            dissent=[VoteOut(**vote) for vote in data["dissent"]],
+        ),
+    )
 
 
 class ToolOut(BaseModel):
