@@ -35,6 +35,7 @@ from agentloop.adapters.storage.database import create_engine, ping, upgrade
 from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
+from agentloop.entrypoints.cli_bench import register as register_bench
 from agentloop.entrypoints.cli_learning import register as register_learning
 from agentloop.entrypoints.cli_render import (
     Check,
@@ -86,6 +87,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(conversations_app, name="conversations")
 register_learning(app)
 register_training(app)
+register_bench(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ConversationOption = Annotated[
