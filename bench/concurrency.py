@@ -27,7 +27,14 @@ SESSIONS = 10
 MAX_TOKENS = 24
 HISTORY_MESSAGES = 4  # a session sends its last few messages, so prompts stay a realistic, bounded size
 # Settings a batching engine may expose for how many sequences it decodes together; 1 = serialized.
-BATCH_SETTINGS = ("n_parallel", "parallel_sequences", "max_batch_sequences", "n_seq_max", "batch_sequences")
+BATCH_SETTINGS = (
+    "max_parallel",
+    "n_parallel",
+    "parallel_sequences",
+    "max_batch_sequences",
+    "n_seq_max",
+    "batch_sequences",
+)
 
 
 def batch_setting() -> str | None:

@@ -4,8 +4,8 @@ process under load.
 Two loads, each from another process than the server's:
 - saturation: `wrk` (Debian package) with a fixed number of open connections for a fixed time: the most
   requests per second the server sustains, and the latency percentiles (a Lua `done` hook prints them);
-- paced: the seed's target rate (100 requests/s) from an asyncio/httpx generator in the benchmark process,
-  one request every 10 ms whatever the answers do, so the P95 is not hidden by a closed loop.
+- paced: the seed's target rate (100 requests/s), wrk again with every connection pausing before each
+  request, so the P95 is measured at that rate rather than at saturation.
 The machine's 2 cores are shared by the server, the load generator and whatever else runs: the server gets
 at most what is left, which the JSON's load averages show.
 """
@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import httpx
 
 from bench import procs
 from bench.common import Row
-from bench.stats import latency_summary
 
 SEED_RPS, AIM_RPS, SEED_P95_MS = 100, 1000, 100.0
 CONNECTIONS = 32
@@ -44,10 +42,10 @@ end
 """
 
 
-def wrk(url: str, seconds: float, connections: int = CONNECTIONS) -> dict[str, Any]:
+def wrk(url: str, seconds: float, connections: int = CONNECTIONS, extra_lua: str = "") -> dict[str, Any]:
     """Run wrk against `url`; requests/s, latency percentiles in ms, errors."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(WRK_SCRIPT)
+        script.write(WRK_SCRIPT + extra_lua)
         script.flush()
         command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, url]
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
@@ -66,43 +64,12 @@ def wrk(url: str, seconds: float, connections: int = CONNECTIONS) -> dict[str, A
     }
 
 
-async def paced(url: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Open-loop load: one request every 1/rate s, each timed on its own."""
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        started = time.perf_counter()
-        try:
-            response = await client.get(url)
-            if response.status_code != 200:
-                errors += 1
-                return
-        except httpx.HTTPError:
-            errors += 1
-            return
-        latencies.append((time.perf_counter() - started) * 1000.0)
-
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
-        tasks = []
-        started = time.perf_counter()
-        for index in range(int(rate * seconds)):
-            delay = started + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(client)))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - started
-    return {
-        "tool": "httpx paced",
-        "target_rps": rate,
-        "requests": len(tasks),
-        "achieved_rps": len(latencies) / wall,
-        "errors": errors,
-        "latency_ms": latency_summary(latencies),
-    }
+def paced(url: str, rate: float, seconds: float, connections: int = 10) -> dict[str, Any]:
+    """About `rate` requests/s: wrk with each connection waiting connections/rate s before each request (a
+    Lua `delay` hook). A slow answer delays that connection's next request, so `achieved_rps` is reported."""
+    pause_ms = 1000.0 * connections / rate
+    result = wrk(url, seconds, connections, f"delay = function() return {pause_ms:.0f} end\n")
+    return {**result, "target_rps": rate, "achieved_rps": result["requests_per_s"]}
 
 
 async def _seed_conversations(url: str) -> None:
@@ -126,7 +93,7 @@ async def run(quick: bool) -> dict[str, Any]:
             wrk(server.url + path, 1.0)  # warm-up
             measured[name] = {
                 "saturation": await asyncio.to_thread(wrk, server.url + path, saturate_s),
-                "paced": await paced(server.url + path, SEED_RPS, paced_s),
+                "paced": await asyncio.to_thread(paced, server.url + path, SEED_RPS, paced_s),
             }
         memory = server.memory()
     return _result(measured, saturate_s, paced_s, memory)
@@ -171,7 +138,7 @@ def _result(
             "connections": CONNECTIONS,
             "conversations_stored": CONVERSATIONS,
             "server": "agentloop serve (uvicorn, default settings, INFO log level), SQLite",
-            "load": "wrk -t1 (closed loop) and an httpx open-loop generator, both outside the server process",
+            "load": "wrk -t1, saturating (closed loop) and paced (Lua delay per request), another process",
         },
         "measured": measured,
         "memory_mb": memory,

@@ -22,13 +22,18 @@ from bench.stats import paired_ratio
 
 TARGET_RATIO, AIM_RATIO = 1.0, 1.5
 MEMORY_CEILING_MB = 8192
-BATCH_SIZE = 4
+# 2, not the learning loop's 4: the plain Trainer materialises float32 logits for every position of the
+# ~1,100-token prompts (262k vocabulary), several GB per sequence, on a machine shared with other jobs.
+BATCH_SIZE = 2
+# Each arm's address space is capped, so a run that would exhaust the shared machine fails on its own.
+ADDRESS_SPACE_LIMIT = 12 << 30
 MAX_SEQ_LEN = 2048
 EXAMPLES = 48
 
 
-def build_dataset(path: Path, count: int) -> dict[str, Any]:
-    """Prompt/completion JSONL from the bundled eval suites, rendered exactly as serving renders them."""
+def build_dataset(path: Path, count: int, with_examples: bool = True) -> dict[str, Any]:
+    """Prompt/completion JSONL from the bundled eval suites, rendered exactly as serving renders them
+    (`with_examples=False` leaves out the demonstrations: ~4x shorter prompts, for quick runs)."""
     from agentloop.adapters.tools import builtin_tools
     from agentloop.application.learning.dataset import COMPLETION_END
     from agentloop.application.prompt import render_prompt, render_tool_call
@@ -48,7 +53,8 @@ def build_dataset(path: Path, count: int) -> dict[str, Any]:
     items = [json.loads(line) for f in sorted(suites.glob("*.jsonl")) for line in f.read_text().splitlines()]
     rows = []
     for item in items[:count]:
-        prompt = render_prompt(DEFAULT_SYSTEM_PROMPT, tools, [Message("", Role.USER, item["prompt"])])
+        question = [Message("", Role.USER, item["prompt"])]
+        prompt = render_prompt(DEFAULT_SYSTEM_PROMPT, tools, question, with_examples=with_examples)
         arithmetic = re.fullmatch(r"What is (.+)\?", item["prompt"])
         if item.get("expected_call", {}).get("name") == "calculator" and arithmetic:
             turn = render_tool_call(ToolCall("calculator", {"expression": arithmetic.group(1)}))
@@ -57,7 +63,11 @@ def build_dataset(path: Path, count: int) -> dict[str, Any]:
             turn = f"The answer is {value}."
         rows.append({"prompt": prompt, "completion": turn + COMPLETION_END})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return {"examples": len(rows), "prompt_chars_median": median([len(r["prompt"]) for r in rows])}
+    return {
+        "examples": len(rows),
+        "with_demonstrations": with_examples,
+        "prompt_chars_median": median([len(r["prompt"]) for r in rows]),
+    }
 
 
 def _run_arm(arm: str, spec_path: Path) -> dict[str, Any]:
@@ -69,11 +79,18 @@ def _run_arm(arm: str, spec_path: Path) -> dict[str, Any]:
         cwd=env_path,
         env={**_env(), "PYTHONPATH": _pythonpath()},
         timeout=3600,
+        preexec_fn=_limit_memory,
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"training arm {arm} failed ({done.returncode}): {done.stderr[-3000:]}")
     return {"arm": arm, **json.loads(line.removeprefix("RESULT "))}
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
 
 def _env() -> dict[str, str]:
@@ -94,13 +111,14 @@ async def run(quick: bool) -> dict[str, Any]:
     from agentloop.adapters.training.base_model import prepare_base
     from agentloop.adapters.training.spec import PROJECTIONS, TrainSpec
 
-    rounds, steps = (1, 4) if quick else (2, 12)
+    # Quick: prompts without the demonstrations (~4x shorter), so a loaded 2-core machine finishes in minutes.
+    rounds, steps = (1, 3) if quick else (2, 8)
     model = ensure_model(None, CACHE_DIR)
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="agentloop-bench-train-") as tmp:
         root = Path(tmp)
         train_file = root / "train.jsonl"
-        data = build_dataset(train_file, EXAMPLES)
+        data = build_dataset(train_file, EXAMPLES, with_examples=not quick)
         hf_dir = prepare_base(model.path, model.sha256, CACHE_DIR)
         for round_ in range(rounds):
             order = ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours")
