@@ -19,7 +19,9 @@ CACHE_DIR = Path.home() / ".cache" / "agentloop"
 
 # One engine configuration for every arm of every benchmark, so only the code under test differs.
 N_CTX = 4096
-N_THREADS = 2
+# AGENTLOOP_BENCH_THREADS overrides the threads of every arm at once (e.g. 1 on an oversubscribed machine,
+# where llama.cpp's spinning thread barriers collapse when their threads are descheduled).
+N_THREADS = int(os.environ.get("AGENTLOOP_BENCH_THREADS", "2"))
 N_BATCH = 512
 
 

@@ -111,7 +111,7 @@ def run_plain(spec_json: str) -> dict[str, Any]:
         per_device_train_batch_size=spec["batch_size"],
         max_steps=spec["max_steps"],
         learning_rate=spec["learning_rate"],
-        warmup_ratio=spec["warmup_ratio"],
+        warmup_steps=int(spec["warmup_ratio"] * spec["max_steps"]),  # as ours derives it
         weight_decay=spec["weight_decay"],
         max_grad_norm=spec["max_grad_norm"],
         lr_scheduler_type="linear",
