@@ -24,7 +24,9 @@ def ratio_rows(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row
         for doc in documents
         for row in doc["rows"]
-        if row.get("ratio") is not None and row.get("baseline") is not None and "seed" not in row["benchmark"]
+        if row.get("ratio") is not None
+        and row.get("baseline") is not None
+        and not any(word in row["benchmark"] for word in ("seed", "paced", "share"))
     ]
 
 
@@ -50,7 +52,7 @@ def _ratios(documents: list[dict[str, Any]], path: Path) -> Path | None:
     rows = ratio_rows(documents)
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(15, 0.4 * len(rows) + 1.5))
     labels = [row["benchmark"] for row in rows]
     values = [row["ratio"] for row in rows]
     colors = [
@@ -65,8 +67,8 @@ def _ratios(documents: list[dict[str, Any]], path: Path) -> Path | None:
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("ours / baseline, same run (black tick: target; green pass, red fail, grey info)")
-    ax.set_title("Benchmarks: ratios against the baseline of the same run")
+    ax.set_xlabel("ours / baseline (black tick: target; green pass, red fail, grey info)")
+    ax.set_title("Ratios against the baseline of the same run")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
