@@ -66,6 +66,7 @@ def machine_info() -> dict[str, Any]:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_before": list(os.getloadavg()),
+        "bench_threads": N_THREADS,
     }
 
 

@@ -61,7 +61,12 @@ def _machine(documents: list[dict[str, Any]]) -> list[str]:
 def _run_kind(doc: dict[str, Any]) -> str:
     quick = doc.get("parameters", {}).get("quick")
     wall = doc.get("wall_s")
-    return ("quick" if quick else "full") + (f", {wall:.0f} s" if wall is not None else "")
+    threads = doc["machine"].get("bench_threads")
+    return (
+        ("quick" if quick else "full")
+        + (f", {wall:.0f} s" if wall is not None else "")
+        + (f", {threads} thread(s)" if threads else "")
+    )
 
 
 def table(documents: list[dict[str, Any]]) -> list[str]:
