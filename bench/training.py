@@ -28,7 +28,6 @@ BATCH_SIZE = 2
 # Each arm's address space is capped, so a run that would exhaust the shared machine fails on its own.
 ADDRESS_SPACE_LIMIT = 12 << 30
 MAX_SEQ_LEN = 2048
-EXAMPLES = 48
 
 
 def build_dataset(path: Path, count: int, with_examples: bool = True) -> dict[str, Any]:
@@ -112,13 +111,15 @@ async def run(quick: bool) -> dict[str, Any]:
     from agentloop.adapters.training.spec import PROJECTIONS, TrainSpec
 
     # Quick: prompts without the demonstrations (~4x shorter), so a loaded 2-core machine finishes in minutes.
-    rounds, steps = (1, 2) if quick else (2, 8)
+    rounds, steps = (1, 3) if quick else (2, 8)
     model = ensure_model(None, CACHE_DIR)
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="agentloop-bench-train-") as tmp:
         root = Path(tmp)
         train_file = root / "train.jsonl"
-        data = build_dataset(train_file, EXAMPLES, with_examples=not quick)
+        # Exactly one epoch: both arms train on the same examples, each seen once (only the grouping into
+        # batches differs: ours groups by length, the Trainer samples at random), so tokens are the same.
+        data = build_dataset(train_file, BATCH_SIZE * steps, with_examples=not quick)
         hf_dir = prepare_base(model.path, model.sha256, CACHE_DIR)
         for round_ in range(rounds):
             order = ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours")
