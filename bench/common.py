@@ -19,7 +19,9 @@ CACHE_DIR = Path.home() / ".cache" / "agentloop"
 
 # One engine configuration for every arm of every benchmark, so only the code under test differs.
 N_CTX = 4096
-N_THREADS = 2
+# AGENTLOOP_BENCH_THREADS overrides the threads of every arm at once (e.g. 1 on an oversubscribed machine,
+# where llama.cpp's spinning thread barriers collapse when their threads are descheduled).
+N_THREADS = int(os.environ.get("AGENTLOOP_BENCH_THREADS", "2"))
 N_BATCH = 512
 
 
@@ -64,6 +66,7 @@ def machine_info() -> dict[str, Any]:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_before": list(os.getloadavg()),
+        "bench_threads": N_THREADS,
     }
 
 

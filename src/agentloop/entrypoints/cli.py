@@ -40,6 +40,7 @@ from agentloop.application.ports import Completion, GenerationRequest, Token
 from agentloop.bootstrap import Container, bootstrap
 from agentloop.domain.model import Conversation
 from agentloop.entrypoints.cli_auth import register as register_auth
+from agentloop.entrypoints.cli_bench import register as register_bench
 from agentloop.entrypoints.cli_improve import groupthink_json, print_groupthink
 from agentloop.entrypoints.cli_improve import register as register_improve
 from agentloop.entrypoints.cli_learning import register as register_learning
@@ -95,6 +96,7 @@ register_learning(app)
 register_training(app)
 register_auth(app)
 register_improve(app)
+register_bench(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 ConversationOption = Annotated[
