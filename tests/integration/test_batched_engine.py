@@ -112,6 +112,7 @@ async def test_a_free_sequence_keeps_its_prompt_prefix_for_the_next_request(
     assert second.usage.completion_tokens == 2
     assert prefix_tokens > 200
     assert prefix_tokens - 2 <= cached <= prefix_tokens + 1, (cached, prefix_tokens)
+    assert second.extra["cached_tokens"] == cached  # what the cache-hit metric reads
 
 
 async def test_overflow_fails_one_request_and_the_others_finish(batched_llama_engine: LlamaEngine) -> None:

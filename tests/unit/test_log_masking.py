@@ -24,6 +24,10 @@ def json_logs() -> Iterator[io.StringIO]:
     """What the configured handler writes, as JSON lines."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
+    # A uvicorn server started earlier in this process (access_log=False) leaves its access logger muted.
+    access = logging.getLogger("uvicorn.access")
+    access.disabled, access.propagate = False, True
+    access.setLevel(logging.NOTSET)
     configure_logging("INFO", json_output=True)
     ours = root.handlers[0]
     assert isinstance(ours, logging.StreamHandler)

@@ -140,6 +140,7 @@ class BatchScheduler:
             stats["requests"] += 1
             stats["prompt_tokens"] += len(prompt)
             stats["cached_tokens"] += reused
+            seq.text_state.cached_tokens = reused  # reported in the completion (and the cache-hit metric)
             seq.begin(slot, prompt)
             last = self._prefill(slot, prompt[reused:])
             self.active.append(seq)
