@@ -116,7 +116,7 @@ async def run(quick: bool) -> dict[str, Any]:
         procs.llama_cpp_server(model) as raw,
     ):
         servers = [ours, raw]
-        async with httpx.AsyncClient(timeout=300.0) as client:
+        async with httpx.AsyncClient(timeout=300.0, auth=procs.ServerAuth(ours, raw)) as client:
             warmup = {server.name: await _warm_up(client, server) for server in servers}
             for round_ in range(rounds):
                 content = "Keep counting: " + counting_prompt(100 * (round_ + 1) + 1)

@@ -126,7 +126,8 @@ async def run(quick: bool) -> dict[str, Any]:
                 server.start()
             sampler = asyncio.create_task(_sample_memory(list(servers.values()), peaks))
             limits = httpx.Limits(max_connections=SESSIONS * 2)
-            async with httpx.AsyncClient(timeout=600.0, limits=limits) as client:
+            auth = procs.ServerAuth(*servers.values())
+            async with httpx.AsyncClient(timeout=600.0, limits=limits, auth=auth) as client:
                 for server in servers.values():  # warm-up
                     await _block(client, server, [Session(99)], 0.1, False)
                 for block in range(blocks):

@@ -42,12 +42,21 @@ end
 """
 
 
-def wrk(url: str, seconds: float, connections: int = CONNECTIONS, extra_lua: str = "") -> dict[str, Any]:
+def wrk(
+    url: str,
+    seconds: float,
+    connections: int = CONNECTIONS,
+    extra_lua: str = "",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run wrk against `url`; requests/s, latency percentiles in ms, errors."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT + extra_lua)
         script.flush()
-        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, url]
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name]
+        for name, value in (headers or {}).items():
+            command += ["-H", f"{name}: {value}"]
+        command.append(url)
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))
@@ -64,16 +73,18 @@ def wrk(url: str, seconds: float, connections: int = CONNECTIONS, extra_lua: str
     }
 
 
-def paced(url: str, rate: float, seconds: float, connections: int = 10) -> dict[str, Any]:
+def paced(
+    url: str, rate: float, seconds: float, connections: int = 10, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """About `rate` requests/s: wrk with each connection waiting connections/rate s before each request (a
     Lua `delay` hook). A slow answer delays that connection's next request, so `achieved_rps` is reported."""
     pause_ms = 1000.0 * connections / rate
-    result = wrk(url, seconds, connections, f"delay = function() return {pause_ms:.0f} end\n")
+    result = wrk(url, seconds, connections, f"delay = function() return {pause_ms:.0f} end\n", headers)
     return {**result, "target_rps": rate, "achieved_rps": result["requests_per_s"]}
 
 
-async def _seed_conversations(url: str) -> None:
-    async with httpx.AsyncClient(timeout=30.0) as client:
+async def _seed_conversations(url: str, headers: dict[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=30.0, headers=headers) as client:
         for index in range(CONVERSATIONS):
             response = await client.post(url + "/api/v1/conversations", json={"title": f"bench {index}"})
             response.raise_for_status()
@@ -88,12 +99,13 @@ async def run(quick: bool) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="agentloop-bench-endpoints-") as data_dir,
         procs.ours(Path(data_dir)) as server,
     ):
-        await _seed_conversations(server.url)
+        await _seed_conversations(server.url, server.headers)
         for name, path in ROUTES.items():
-            wrk(server.url + path, 1.0)  # warm-up
+            url, headers = server.url + path, server.headers
+            wrk(url, 1.0, headers=headers)  # warm-up
             measured[name] = {
-                "saturation": await asyncio.to_thread(wrk, server.url + path, saturate_s),
-                "paced": await asyncio.to_thread(paced, server.url + path, SEED_RPS, paced_s),
+                "saturation": await asyncio.to_thread(wrk, url, saturate_s, CONNECTIONS, "", headers),
+                "paced": await asyncio.to_thread(paced, url, SEED_RPS, paced_s, 10, headers),
             }
         memory = server.memory()
     return _result(measured, saturate_s, paced_s, memory)

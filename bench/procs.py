@@ -49,6 +49,13 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     log: Any = None
     startup_s: float = 0.0
+    # Ours needs a caller (auth is on by default): an admin API key made with the CLI before it starts.
+    data_dir: Path | None = None
+    api_key: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def url(self) -> str:
@@ -56,6 +63,8 @@ class Server:
 
     def start(self) -> Server:
         started = time.perf_counter()
+        if self.data_dir is not None and not self.api_key:
+            self.api_key = make_api_key(self.data_dir, self.env)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [*self.command, "--host", "127.0.0.1", "--port", str(self.port)],
@@ -115,10 +124,43 @@ def ours(data_dir: Path, **settings: Any) -> Server:
         "AGENTLOOP_N_THREADS": str(N_THREADS),
         "AGENTLOOP_N_BATCH": str(N_BATCH),
         "AGENTLOOP_EMBEDDED_WORKER": "false",
+        # The load generators are one client on one address: the per-user and per-IP rate limits (which would
+        # answer 429 within seconds) are lifted; authentication stays on and is part of what is measured.
+        "AGENTLOOP_RATE_LIMIT_USER": "100000000/minute",
+        "AGENTLOOP_RATE_LIMIT_IP": "100000000/minute",
         **{f"AGENTLOOP_{key.upper()}": str(value) for key, value in settings.items()},
     }
     command = [sys.executable, "-m", "agentloop", "--data-dir", str(data_dir), "serve"]
-    return Server("agentloop", command, env, "/health/ready")
+    return Server("agentloop", command, env, "/health/ready", data_dir=data_dir)
+
+
+def make_api_key(data_dir: Path, env: dict[str, str]) -> str:
+    """Migrate `data_dir`'s database and make an admin API key there, as an operator would."""
+    clean = {**{k: v for k, v in os.environ.items() if not k.startswith("AGENTLOOP_")}, **env}
+    base = [sys.executable, "-m", "agentloop", "--data-dir", str(data_dir)]
+    subprocess.run([*base, "db", "upgrade"], env=clean, capture_output=True, check=True, timeout=120)
+    made = subprocess.run(
+        [*base, "api-keys", "create", "bench", "--role", "admin"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return made.stdout.strip()
+
+
+class ServerAuth(httpx.Auth):
+    """Sends each request the API key of the server (by port) it goes to; llama.cpp's server needs none."""
+
+    def __init__(self, *servers: Server) -> None:
+        self.keys = {server.port: server.api_key for server in servers}
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        key = self.keys.get(request.url.port or 0)
+        if key:
+            request.headers["Authorization"] = f"Bearer {key}"
+        yield request
 
 
 def llama_cpp_server(model: Path) -> Server:
