@@ -17,7 +17,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE_DIR, N_BATCH, N_CTX, N_THREADS, Row, median, ratio
+from bench.common import N_BATCH, N_CTX, N_THREADS, Row, bench_settings, median, ratio
 
 TARGET_OVERHEAD_PCT = 5.0
 QUESTIONS = (
@@ -153,20 +153,10 @@ async def _turn(container: Any, engine: TimedEngine, store: TimedStore, question
 
 async def run(quick: bool) -> dict[str, Any]:
     from agentloop.bootstrap import bootstrap, start_embedded_engine
-    from agentloop.settings import Settings
 
     questions = QUESTIONS[:3] if quick else QUESTIONS
     with tempfile.TemporaryDirectory(prefix="agentloop-bench-") as data_dir:
-        # Explicit values: AGENTLOOP_* variables or a .env must not change what is measured.
-        settings = Settings(
-            data_dir=Path(data_dir),
-            cache_dir=CACHE_DIR,
-            database_url=None,
-            model_path=None,
-            n_ctx=N_CTX,
-            n_threads=N_THREADS,
-            n_batch=N_BATCH,
-        )
+        settings = bench_settings(Path(data_dir))
         inner, _ = await start_embedded_engine(settings)
         engine = TimedEngine(inner)
         async with bootstrap(settings, engine=engine) as container:

@@ -38,6 +38,23 @@ class Row:
     passed: bool | None
 
 
+def bench_settings(data_dir: Path, **overrides: Any) -> Any:
+    """Settings with explicit engine values: AGENTLOOP_* variables or a .env must not change what is
+    measured. (agentloop is imported here, not at module level, so `bench` loads without it.)"""
+    from agentloop.settings import Settings
+
+    return Settings(
+        data_dir=data_dir,
+        cache_dir=CACHE_DIR,
+        database_url=None,
+        model_path=None,
+        n_ctx=N_CTX,
+        n_threads=N_THREADS,
+        n_batch=N_BATCH,
+        **overrides,
+    )
+
+
 def model_path() -> Path:
     from agentloop.adapters.model_files import ensure_model
 

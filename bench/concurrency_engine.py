@@ -19,13 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.common import N_BATCH, N_CTX, N_THREADS, Row, machine_info, median, model_path, write_result
-
-PROMPT_NUMBERS = 20
-
-
-def counting_prompt(start: int) -> str:
-    """A count a base model continues without ending its turn, so every request makes max_tokens tokens."""
-    return ", ".join(str(n) for n in range(start, start + PROMPT_NUMBERS)) + ","
+from bench.engine import counting_prompt
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE_DIR, N_BATCH, N_CTX, N_THREADS, Row
+from bench.common import N_THREADS, Row, bench_settings
 
 QUESTIONS = ("What is 12*7?", "What is 250 / 4?", "What is 99 * 3?", "What is 45 + 17?", "What is 3 ** 5?")
 
@@ -24,19 +24,12 @@ async def run(quick: bool) -> dict[str, Any]:
     from agentloop.bootstrap import bootstrap
     from agentloop.domain.learning import Feedback, Rating
     from agentloop.domain.model import Conversation
-    from agentloop.settings import Settings
 
     steps, suites, items = (2, ["arithmetic"], 1) if quick else (10, [], 2)
     questions = QUESTIONS[:3] if quick else QUESTIONS
     with tempfile.TemporaryDirectory(prefix="agentloop-bench-cycle-") as data_dir:
-        settings = Settings(
-            data_dir=Path(data_dir),
-            cache_dir=CACHE_DIR,
-            database_url=None,
-            model_path=None,
-            n_ctx=N_CTX,
-            n_threads=N_THREADS,
-            n_batch=N_BATCH,
+        settings = bench_settings(
+            Path(data_dir),
             train_max_steps=steps,
             train_batch_size=2,
             eval_suites=suites,
