@@ -301,6 +301,7 @@ def build_groupthink(
         settings.workspace_dir / "groupthink",
         groupthink_config(settings),
         settings.single_line_answers,
+        concurrency=settings.max_parallel,
     )
     labeler = Labeler(
         groupthink,

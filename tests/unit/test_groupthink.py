@@ -138,9 +138,9 @@ def test_vote_key_is_json_and_total(answer: str, question: str) -> None:
 # --- the vote -----------------------------------------------------------------------------------------------
 
 
-def step(name: str, ok: bool = True, **arguments: Any) -> tuple[ToolCall, ToolResult]:
+def step(name: str, ok: bool = True, output: str = "42", **arguments: Any) -> tuple[ToolCall, ToolResult]:
     call = ToolCall(name, arguments)
-    return call, ToolResult(call.id, name, "42" if ok else "error: bad", ok=ok, error=None if ok else "bad")
+    return call, ToolResult(call.id, name, output if ok else "error: bad", ok=ok, error=None if ok else "bad")
 
 
 def sample(
@@ -305,7 +305,8 @@ async def test_service_refuses_an_empty_message(tmp_path: Path) -> None:
 
 def test_a_lone_clean_sample_is_no_consensus_when_support_is_required() -> None:
     failed = [sample(i, "?", step("write_file", ok=False, path="a")) for i in range(2)]
-    consensus = vote([*failed, sample(2, "Saved.", step("write_file", path="b"))], "Save it")
+    wrote = step("write_file", path="b", output="wrote 1 bytes to b")
+    consensus = vote([*failed, sample(2, "Saved.", wrote)], "Save it")
     assert consensus.winner.index == 2 and consensus.support == 1
     assert consensus.passes(0.6) and not consensus.passes(0.6, min_support=2)
     # Support is capped by the number of samples: a single sample may label when N is 1.
@@ -336,3 +337,41 @@ def test_a_winner_that_repeats_a_call_or_restates_the_question_teaches_nothing()
     echo = vote([sample(i, "2022-11-11 is 2023-01-01.") for i in range(3)], question)
     assert echo.agreement == 1.0 and not echo.passes(0.5)
     assert adds_to("51 days.", question) and not adds_to("2022-11-11 is 2023-01-01.", question)
+
+
+def test_an_answer_contradicting_its_calculator_is_ungrounded_and_weighs_less() -> None:
+    right = sample(0, "3349076 (2468 * 1357).", step("calculator", output="3349076", expression="2468*1357"))
+    wrong = sample(1, "10000000.", step("calculator", output="3349076", expression="2468*1357"))
+    wrong_too = replace(wrong, index=2)
+    assert right.grounded and not wrong.grounded
+    # Two ungrounded samples (0.25 each) lose to one grounded one; alone it is no consensus.
+    consensus = vote([right, wrong, wrong_too], "What is 2468 * 1357?")
+    assert consensus.winner.index == 0 and consensus.agreement == pytest.approx(1 / 1.5)
+    assert consensus.teachable and not consensus.passes(0.6, min_support=2)
+    # An output that is not one number (a file write, a listing) leaves every answer grounded.
+    saved = sample(0, "Saved.", step("write_file", output="wrote 5 bytes to a.txt", path="a.txt"))
+    assert saved.grounded and sample(0, "Paris.").grounded
+    assert not vote([wrong, replace(wrong, index=1)], "What is 2468 * 1357?").passes(0.5)
+
+
+def test_a_repeated_call_agrees_with_the_same_call_made_once_and_the_clean_sample_speaks() -> None:
+    twice = sample(
+        0,
+        "3349076.",
+        step("calculator", output="3349076", expression="2468 * 1357"),
+        step("calculator", output="3349076", expression="2468*1357"),
+    )
+    once = sample(1, "3349076", step("calculator", output="3349076", expression="2468 * 1357"))
+    other = sample(2, "2468.")
+    consensus = vote([twice, once, other], "What is 2468 * 1357?")
+    assert consensus.support == 2 and consensus.agreement == pytest.approx(2 / 3)
+    assert consensus.winner.index == 1 and consensus.passes(0.6, min_support=2)
+
+
+async def test_samples_run_side_by_side_up_to_the_concurrency(tmp_path: Path) -> None:
+    groupthink, agent, engine = world(tmp_path, ["5", "5", "4"], samples=3)
+    groupthink.concurrency = 3
+    consensus = await groupthink.consensus(agent, [], "2+3?")
+    assert [s.index for s in consensus.samples] == [0, 1, 2]
+    assert consensus.winner.index == 0 and consensus.agreement == pytest.approx(2 / 3)
+    assert {r.seed for r in engine.requests} == {0, 1, 2}

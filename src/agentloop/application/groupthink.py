@@ -1,15 +1,17 @@
 """GroupThink: several samples of the agent answer the same prompt, each running its own tools, and vote.
 
-Each sample's turn is reduced to a canonical key before the vote: its tool calls (names plus arguments with
-keys sorted, numbers written one way, whitespace and case folded) and the claim its answer makes (the numbers
-and content words of the answer that the question did not already contain). Samples whose tools failed count
-less (`failed_tool_weight`); a sample that crashed counts nothing. The key with the most weight wins (ties:
-more samples, then the earliest sample); the agreement is the winner's share of all the weight; every other
-key is reported as dissent. See ADR-0010.
+Each sample's turn is reduced to a canonical key before the vote: its distinct tool calls (names plus
+arguments with keys sorted, numbers written one way, whitespace and case folded) and the claim its answer
+makes (the numbers and content words of the answer that the question did not already contain). Samples whose
+tools failed count less (`failed_tool_weight`), and so do samples whose answer contradicts the number their
+last tool returned; a sample that crashed counts nothing. The key with the most weight wins (ties: more
+samples, then the earliest sample) and speaks through its earliest exemplary member; the agreement is the
+winner's share of all the weight; every other key is reported as dissent. See ADR-0010.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentloop.application.agent import AgentService, ToolCalled, ToolReturned, TurnFinished
+from agentloop.application.gather import bounded_gather
 from agentloop.application.learning.evaluation import MemoryStore
 from agentloop.application.ports import ConversationStore, InferenceEngine
 from agentloop.application.tools import ToolRegistry
@@ -135,8 +138,9 @@ def _tokens(text: str) -> list[str]:
 
 
 def vote_key(steps: Sequence[Step], answer: str | None, question: str = "") -> str:
-    """The canonical form of one sample's turn: its calls in order and the claim of its answer."""
-    calls = [canonical_call(call) for call, _ in steps]
+    """The canonical form of one sample's turn: its distinct calls in order and the claim of its answer (a
+    call repeated word for word adds nothing: the sample says the same as one that made it once)."""
+    calls = list(dict.fromkeys(canonical_call(call) for call, _ in steps))
     claim = None if answer is None else list(claim_of(answer, question))
     return json.dumps({"calls": calls, "claim": claim}, sort_keys=True, ensure_ascii=False)
 
@@ -173,6 +177,19 @@ class Sample:
     def clean(self) -> bool:
         """Finished with an answer and every tool call ran without error."""
         return self.error is None and self.answer is not None and self.tools_ok
+
+    @property
+    def grounded(self) -> bool:
+        """The answer states the value its last tool returned, when that tool returned one number (the
+        calculator, a script printing its result): an answer contradicting its own observation ("4321 * 8765
+        = 1000...") is a guess, whatever the vote. Turns without such an observation are grounded."""
+        if not self.steps or self.answer is None:
+            return True
+        returned = self.steps[-1][1].output.strip()
+        if not _NUMBER.fullmatch(returned):
+            return True
+        stated = {canonical_number(n) for n in _NUMBER.findall(_folded(self.answer))}
+        return canonical_number(returned) in stated
 
 
 def ran_cleanly(result: ToolResult) -> bool:
@@ -213,10 +230,9 @@ class Consensus:
 
     @property
     def teachable(self) -> bool:
-        """The winner ran cleanly, never repeated a call, and its answer adds to the question."""
-        winner = self.winner
-        answered = winner.answer is not None and adds_to(winner.answer, self.question)
-        return winner.clean and not winner.repeats and answered
+        """The winner is exemplary: it ran cleanly, never repeated a call, states what its tool returned and
+        its answer adds to the question."""
+        return exemplary(self.winner, self.question)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,10 +254,19 @@ def _vote_dict(vote: Vote) -> dict[str, Any]:
     }
 
 
+def exemplary(sample: Sample, question: str) -> bool:
+    """A turn fit to learn from: clean, no repeated call, grounded, and an answer that says something."""
+    answered = sample.answer is not None and adds_to(sample.answer, question)
+    return sample.clean and not sample.repeats and sample.grounded and answered
+
+
 def sample_weight(sample: Sample, failed_tool_weight: float) -> float:
+    """1 for a clean, grounded turn; `failed_tool_weight` when a tool failed or the answer contradicts what
+    the tool returned (both: its square); 0 for a sample that crashed or never answered."""
     if sample.error is not None or sample.answer is None:
         return 0.0
-    return 1.0 if sample.tools_ok else failed_tool_weight
+    weight = 1.0 if sample.tools_ok else failed_tool_weight
+    return weight if sample.grounded else weight * failed_tool_weight
 
 
 def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: float = 0.25) -> Consensus:
@@ -265,7 +290,9 @@ def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: floa
     ]
     votes.sort(key=lambda v: (-v.weight, -len(v.samples), v.samples[0]))
     total = sum(v.weight for v in votes)
-    winner = groups[votes[0].key][0]
+    # The winning vote speaks through its best member: the earliest exemplary one, else the earliest.
+    members = groups[votes[0].key]
+    winner = next((s for s in members if exemplary(s, question)), members[0])
     agreement = votes[0].weight / total if total > 0 else 0.0
     ordered = tuple(sorted(samples, key=lambda s: s.index))
     return Consensus(winner, agreement, tuple(votes), ordered, question)
@@ -308,10 +335,19 @@ class GroupThink:
     workspace_root: Path
     config: GroupThinkConfig = field(default_factory=GroupThinkConfig)
     single_line_answers: bool = True
+    # Samples in flight at once: the embedded engine decodes up to AGENTLOOP_MAX_PARALLEL sequences in one
+    # batch, so N samples side by side cost little more than one.
+    concurrency: int = 1
 
     async def consensus(self, agent: Agent, history: Sequence[Message], text: str) -> Consensus:
         """Sample the turn N times and vote; raises the first error when no sample finished at all."""
-        samples = [await self.sample(agent, history, text, index) for index in range(self.config.samples)]
+        samples = await bounded_gather(
+            [
+                functools.partial(self.sample, agent, history, text, index)
+                for index in range(self.config.samples)
+            ],
+            self.concurrency,
+        )
         if all(sample.error is not None for sample in samples):
             raise AgentLoopError(f"no groupthink sample finished: {samples[0].error}")
         return vote(samples, text, self.config.failed_tool_weight)
@@ -456,6 +492,7 @@ __all__ = [
     "canonical_value",
     "claim_of",
     "consensus_event",
+    "exemplary",
     "vote",
     "vote_key",
 ]
