@@ -21,14 +21,15 @@ from fakes import FakeEngine
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
 CALL_SPACED = '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 2"}}</tool_call>'
-# Samples 0 and 1 call the calculator (written differently) and answer 4; sample 2 guesses 5.
+# Samples 0 and 1 call the calculator (written differently) and answer 4; sample 2 guesses 5. The script is
+# answered in call order, so the samples run one after another (max_parallel 1).
 SCRIPT = [CALL, "2+2 is 4.", CALL_SPACED, "The answer is 4.", "5"]
 
 
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
     settings = Settings(  # type: ignore[call-arg]
-        data_dir=tmp_path, cache_dir=tmp_path / "cache", _env_file=None, **fast_auth()
+        data_dir=tmp_path, cache_dir=tmp_path / "cache", _env_file=None, max_parallel=1, **fast_auth()
     )
     app = create_app(settings, engine=FakeEngine(SCRIPT))
     async with app.router.lifespan_context(app):
@@ -72,6 +73,7 @@ def run_cli(tmp_path: Path, *args: str, engine: FakeEngine | None = None) -> Any
         "AGENTLOOP_DATA_DIR": None,
         "AGENTLOOP_DATABASE_URL": None,
         "AGENTLOOP_CACHE_DIR": str(tmp_path / "c"),
+        "AGENTLOOP_MAX_PARALLEL": "1",
     }
     obj = {"engine": engine} if engine is not None else None
     return CliRunner().invoke(cli_app, ["--data-dir", str(tmp_path / "d"), *args], env=env, obj=obj)

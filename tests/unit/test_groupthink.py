@@ -28,7 +28,7 @@ from agentloop.application.groupthink import (
 )
 from agentloop.application.tools import Tool, ToolContext, ToolRegistry
 from agentloop.domain.events import ConsensusReached
-from agentloop.domain.model import Agent, Conversation, ModelConfig, Role, ToolCall, ToolResult
+from agentloop.domain.model import Agent, Conversation, Message, ModelConfig, Role, ToolCall, ToolResult
 from agentloop.errors import AgentLoopError, ValidationError
 from fakes import FakeEngine, FakeStore
 
@@ -323,14 +323,14 @@ def test_a_crashed_script_is_a_failed_tool_run() -> None:
     assert Sample(0, ((call, fine),), "x").clean
 
 
-def test_a_winner_that_repeats_a_call_or_restates_the_question_teaches_nothing() -> None:
+def test_a_winner_that_restates_the_question_teaches_nothing_and_repeats_are_collapsed() -> None:
     twice = sample(
         0,
         "31.",
         step("write_file", path="m.txt", content="31*29"),
         step("write_file", path="m.txt", content="31 * 29"),
     )
-    assert twice.repeats and twice.clean
+    assert twice.repeats and twice.clean and not twice.collapsed().repeats
     consensus = vote([twice, replace(twice, index=1)], "Compute 31 * 29 and save it to m.txt.")
     assert consensus.agreement == 1.0 and not consensus.teachable and not consensus.passes(0.5)
     question = "How many days are between 2022-11-11 and 2023-01-01?"
@@ -354,7 +354,7 @@ def test_an_answer_contradicting_its_calculator_is_ungrounded_and_weighs_less() 
     assert not vote([wrong, replace(wrong, index=1)], "What is 2468 * 1357?").passes(0.5)
 
 
-def test_a_repeated_call_agrees_with_the_same_call_made_once_and_the_clean_sample_speaks() -> None:
+def test_a_repeated_call_agrees_with_the_same_call_made_once() -> None:
     twice = sample(
         0,
         "3349076.",
@@ -365,7 +365,9 @@ def test_a_repeated_call_agrees_with_the_same_call_made_once_and_the_clean_sampl
     other = sample(2, "2468.")
     consensus = vote([twice, once, other], "What is 2468 * 1357?")
     assert consensus.support == 2 and consensus.agreement == pytest.approx(2 / 3)
-    assert consensus.winner.index == 1 and consensus.passes(0.6, min_support=2)
+    # The earliest member speaks, its repeated call collapsed away.
+    assert consensus.winner.index == 0 and len(consensus.winner.steps) == 1
+    assert consensus.passes(0.6, min_support=2)
 
 
 async def test_samples_run_side_by_side_up_to_the_concurrency(tmp_path: Path) -> None:
@@ -375,3 +377,23 @@ async def test_samples_run_side_by_side_up_to_the_concurrency(tmp_path: Path) ->
     assert [s.index for s in consensus.samples] == [0, 1, 2]
     assert consensus.winner.index == 0 and consensus.agreement == pytest.approx(2 / 3)
     assert {r.seed for r in engine.requests} == {0, 1, 2}
+
+
+def test_the_label_drops_a_repeated_call_and_its_result() -> None:
+    first = step("calculator", output="29376", expression="612 * 48")
+    again = step("calculator", output="29376", expression="612*48")
+    turn = [
+        Message("c", Role.USER, "What is 612 * 48?"),
+        Message("c", Role.ASSISTANT, tool_call=first[0]),
+        Message("c", Role.TOOL, "29376", tool_call=first[0], tool_result=first[1]),
+        Message("c", Role.ASSISTANT, tool_call=again[0]),
+        Message("c", Role.TOOL, "29376", tool_call=again[0], tool_result=again[1]),
+        Message("c", Role.ASSISTANT, "29376."),
+    ]
+    looped = Sample(0, (first, again), "29376.", tuple(turn))
+    consensus = vote([looped, replace(looped, index=1), sample(2, "612.")], "What is 612 * 48?")
+    assert consensus.passes(0.6, min_support=2)
+    assert consensus.winner.steps == (first,) and not consensus.winner.repeats
+    assert [m.id for m in consensus.winner.messages] == [turn[i].id for i in (0, 1, 2, 5)]
+    # The samples themselves are reported as they ran.
+    assert consensus.samples[0].steps == (first, again)

@@ -173,6 +173,24 @@ class Sample:
         calls = [canonical_call(call) for call, _ in self.steps]
         return len(calls) != len(set(calls))
 
+    def collapsed(self) -> Sample:
+        """The turn without its word-for-word repeated calls (each with its result): what the model should
+        have done, call once and answer from the result. The first call and its result stay."""
+        seen: set[str] = set()
+        dropped: set[str] = set()
+        for call, _ in self.steps:
+            key = canonical_call(call)
+            if key in seen:
+                dropped.add(call.id)
+            seen.add(key)
+        if not dropped:
+            return self
+        return replace(
+            self,
+            steps=tuple(step for step in self.steps if step[0].id not in dropped),
+            messages=tuple(m for m in self.messages if _call_id(m) not in dropped),
+        )
+
     @property
     def clean(self) -> bool:
         """Finished with an answer and every tool call ran without error."""
@@ -190,6 +208,12 @@ class Sample:
             return True
         stated = {canonical_number(n) for n in _NUMBER.findall(_folded(self.answer))}
         return canonical_number(returned) in stated
+
+
+def _call_id(message: Message) -> str | None:
+    if message.tool_call is not None:
+        return message.tool_call.id
+    return message.tool_result.call_id if message.tool_result is not None else None
 
 
 def ran_cleanly(result: ToolResult) -> bool:
@@ -290,9 +314,11 @@ def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: floa
     ]
     votes.sort(key=lambda v: (-v.weight, -len(v.samples), v.samples[0]))
     total = sum(v.weight for v in votes)
-    # The winning vote speaks through its best member: the earliest exemplary one, else the earliest.
+    # The winning vote speaks through its best member: the earliest exemplary one (repeated calls collapsed),
+    # else the earliest.
     members = groups[votes[0].key]
-    winner = next((s for s in members if exemplary(s, question)), members[0])
+    collapsed = [s.collapsed() for s in members]
+    winner = next((s for s in collapsed if exemplary(s, question)), members[0])
     agreement = votes[0].weight / total if total > 0 else 0.0
     ordered = tuple(sorted(samples, key=lambda s: s.index))
     return Consensus(winner, agreement, tuple(votes), ordered, question)
