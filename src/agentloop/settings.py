@@ -102,7 +102,16 @@ class Settings(BaseSettings):
         description="GroupThink: persona texts appended to sample i's system prompt ('|'-separated).",
     )
     improve_label_per_cycle: int = Field(
-        24, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
+        12, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
+    )
+    improve_max_steps: int = Field(
+        16, ge=1, description="`agentloop improve`: optimizer steps per cycle (sized for 2 cores, 30 min)."
+    )
+    improve_learning_rate: float = Field(
+        5e-4, gt=0, description="`agentloop improve`: LoRA learning rate (few examples, few steps)."
+    )
+    improve_eval_items_per_suite: int = Field(
+        2, ge=0, description="`agentloop improve`: held-out items per suite its gate runs (0 = all)."
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")

@@ -35,7 +35,10 @@ def improve(
         ),
     ] = None,
     max_steps: Annotated[
-        int | None, typer.Option("--max-steps", min=1, help="Optimizer steps per cycle.")
+        int | None,
+        typer.Option(
+            "--max-steps", min=1, help="Optimizer steps per cycle [default: AGENTLOOP_IMPROVE_MAX_STEPS]."
+        ),
     ] = None,
     report_dir: Annotated[
         Path | None, typer.Option("--report-dir", help="Where the report goes [default: DATA_DIR/reports].")
@@ -65,6 +68,7 @@ def improve(
 async def _improve(
     wired: Wiring, cycles: int, label: int | None, max_steps: int | None, report_dir: Path | None
 ) -> dict[str, Any]:
+    from agentloop.adapters.learning import EngineEvaluator
     from agentloop.adapters.report import write_report
     from agentloop.application.learning.improve import Improve
 
@@ -73,6 +77,14 @@ async def _improve(
         if container.labeler is None:
             raise AgentLoopError("GroupThink is not configured")
         container.learning.queue = None  # the cycles run here, not on a worker
+        # Sized for the 30-minute budget on 2 cores: its own step count, learning rate and gate sample.
+        evaluator = container.learning.evaluator
+        if isinstance(evaluator, EngineEvaluator):
+            evaluator.max_items = settings.improve_eval_items_per_suite
+        training = {
+            "max_steps": max_steps or settings.improve_max_steps,
+            "learning_rate": settings.improve_learning_rate,
+        }
         gt = container.labeler.groupthink.config
         described = {
             "groupthink": {
@@ -85,22 +97,18 @@ async def _improve(
                 "personas": list(gt.personas),
             },
             "curriculum_prompts": len(container.labeler.curriculum),
-            "training": {
-                **container.learning.config.hyperparameters,
-                **({"max_steps": max_steps} if max_steps else {}),
-            },
+            "training": {**container.learning.config.hyperparameters, **training},
             "evaluation": {
                 "split": "heldout",
                 "suites": settings.eval_suites or "all",
-                "max_items_per_suite": settings.eval_max_items_per_suite or "all",
+                "max_items_per_suite": settings.improve_eval_items_per_suite or "all",
             },
             "gate": {"min_gain": settings.gate_min_gain, "max_regression": settings.gate_max_regression},
             "threads": settings.threads,
         }
         runner = Improve(container.labeler, container.learning, container.learning_store, described)
-        params = {"max_steps": max_steps} if max_steps else {}
         report = await runner.run(
-            cycles, label or settings.improve_label_per_cycle, params, _progress_printer()
+            cycles, label or settings.improve_label_per_cycle, training, _progress_printer()
         )
     data = report.to_dict()
     files = write_report(data, report_dir or settings.resolved_data_dir / "reports")
