@@ -315,6 +315,16 @@ def test_a_plain_user_signs_in_and_may_not_switch_models(browser: Any, served: S
         me = httpx.get(f"{served.url}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert (me.json()["username"], me.json()["role"]) == ("bob", "user")
         expect(page.locator("#conversations .conversation")).to_have_count(0)  # ada's are not listed
+        # An access token the server refuses (run out, or tampered with): the page spends its refresh token
+        # for a new pair instead of asking for the password again.
+        refresh = page.evaluate("sessionStorage.getItem('agentloop.refresh_token')")
+        page.evaluate("sessionStorage.setItem('agentloop.access_token', 'run.out.token')")
+        page.reload()
+        expect(page.locator("#user")).to_have_text("bob (user)")
+        expect(page.locator("#signin")).to_be_hidden()
+        renewed = page.evaluate("sessionStorage.getItem('agentloop.access_token')")
+        assert renewed not in (token, "run.out.token")
+        assert page.evaluate("sessionStorage.getItem('agentloop.refresh_token')") not in (None, refresh)
         page.click("#sign-out")
         expect(page.locator("#signin")).to_be_visible()
         assert page.evaluate("sessionStorage.getItem('agentloop.access_token')") is None

@@ -84,7 +84,51 @@ function authHeaders() {
   return state.token ? { Authorization: `Bearer ${state.token}` } : {};
 }
 
-async function api(path, { method = "GET", body } = {}) {
+function storeTokens(data) {
+  state.token = data.access_token;
+  sessionStorage.setItem(TOKEN_KEY, data.access_token);
+  if (data.refresh_token) sessionStorage.setItem(REFRESH_KEY, data.refresh_token);
+}
+
+// Spend the refresh token for a new pair, once for everyone waiting: the server revokes the whole login when
+// a spent refresh token comes back, so two requests failing together must share one rotation.
+let refreshing = null;
+function refreshTokens() {
+  const refreshToken = sessionStorage.getItem(REFRESH_KEY);
+  if (!refreshToken) return Promise.resolve(false);
+  if (!refreshing) {
+    refreshing = (async () => {
+      try {
+        const response = await fetch("/api/v1/auth/refresh", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ refresh_token: refreshToken }),
+        });
+        if (!response.ok) return false;
+        storeTokens(await response.json());
+        return true;
+      } catch {
+        return false;
+      } finally {
+        refreshing = null;
+      }
+    })();
+  }
+  return refreshing;
+}
+
+// True when the access token ends within a minute (a WebSocket cannot be retried after a 401 like fetch).
+function tokenExpiresSoon() {
+  if (!state.token) return false;
+  try {
+    const part = state.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part)).exp * 1000 - Date.now() < 60000;
+  } catch {
+    return true;
+  }
+}
+
+async function api(path, { method = "GET", body } = {}, retried = false) {
   const headers = authHeaders();
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -92,6 +136,7 @@ async function api(path, { method = "GET", body } = {}) {
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
   if (response.status === 401 && state.authEnabled) {
+    if (!retried && await refreshTokens()) return api(path, { method, body }, true);
     signedOut("Your session has ended; sign in again.");
   }
   if (!response.ok) {
@@ -105,7 +150,7 @@ async function api(path, { method = "GET", body } = {}) {
 // --- sign-in -------------------------------------------------------------------------------------------
 
 // /api/v1/auth/me answers 404 where the server has no sign-in, 401 when a token is needed.
-async function checkSignIn() {
+async function checkSignIn(retried = false) {
   const response = await fetch("/api/v1/auth/me", { headers: authHeaders() });
   if (response.status === 404) {
     state.authEnabled = false;
@@ -116,6 +161,8 @@ async function checkSignIn() {
     state.user = await response.json();
     return true;
   }
+  // An access token that ran out (or a reload after a long pause): the refresh token may still be good.
+  if (response.status === 401 && !retried && await refreshTokens()) return checkSignIn(true);
   return false;
 }
 
@@ -151,9 +198,7 @@ async function signIn(event) {
     $("#signin-error").textContent = typeof data.detail === "string" ? data.detail : "Wrong user name or password.";
     return;
   }
-  state.token = data.access_token;
-  sessionStorage.setItem(TOKEN_KEY, data.access_token);
-  if (data.refresh_token) sessionStorage.setItem(REFRESH_KEY, data.refresh_token);
+  storeTokens(data);
   $("#signin-password").value = "";
   await start();
 }
@@ -363,8 +408,9 @@ function closeSocket() {
   setBusy(false);
 }
 
-function socketFor(conversationId) {
-  if (state.socket && state.socket.readyState <= WebSocket.OPEN) return Promise.resolve(state.socket);
+async function socketFor(conversationId) {
+  if (state.socket && state.socket.readyState <= WebSocket.OPEN) return state.socket;
+  if (state.authEnabled && tokenExpiresSoon()) await refreshTokens();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = state.token ? `?access_token=${encodeURIComponent(state.token)}` : "";
   const socket = new WebSocket(`${scheme}://${location.host}/api/v1/conversations/${conversationId}/ws${query}`);
