@@ -84,7 +84,30 @@ def _openai_transient(exc: BaseException) -> bool:
     )
 
 
-class OpenAIEngine:
+class _RemoteEngine:
+    """What every remote backend keeps: the base model's name, the one it serves now (an adapter's), the
+    version it reports, its context size and how often a transient failure is retried."""
+
+    def __init__(self, model: str, context_size: int, retries: int, model_version: str) -> None:
+        self.base_model = model
+        self.served_model = model
+        self.retries = retries
+        self._context = context_size
+        self._version = model_version
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    @property
+    def context_size(self) -> int:
+        return self._context
+
+    def _serving(self, model: str, version_id: str) -> None:
+        self.served_model, self._version = model, version_id
+
+
+class OpenAIEngine(_RemoteEngine):
     """An OpenAI-compatible completion server as the InferenceEngine (and AdapterHost, where it can load LoRAs
     at run time: vLLM's /v1/load_lora_adapter)."""
 
@@ -100,28 +123,16 @@ class OpenAIEngine:
         grammar_field: str = "grammar",
         model_version: str = "base",
     ) -> None:
+        super().__init__(model, context_size, retries, model_version)
         self.base_url = base_url.rstrip("/")
         self.root_url = self.base_url.removesuffix("/v1")
-        self.base_model = model
-        self.served_model = model
-        self.retries = retries
         self.grammar_field = grammar_field
-        self._context = context_size
-        self._version = model_version
         timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
         self.client = openai.AsyncOpenAI(
             base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=0
         )
         self.http = httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {api_key}"})
         self._tokenize_route: str | None = None
-
-    @property
-    def model_version(self) -> str:
-        return self._version
-
-    @property
-    def context_size(self) -> int:
-        return self._context
 
     async def close(self) -> None:
         await self.client.close()
@@ -232,7 +243,7 @@ class OpenAIEngine:
     async def serve_version(self, version_id: str, adapter_path: Path | None) -> None:
         """Base version: the server's model. Adapter: vLLM's /v1/load_lora_adapter (PEFT directory)."""
         if adapter_path is None:
-            self.served_model, self._version = self.base_model, version_id
+            self._serving(self.base_model, version_id)
             return
         peft = adapter_path.parent / "peft"
         body = {"lora_name": version_id, "lora_path": str(peft if peft.is_dir() else adapter_path)}
@@ -251,7 +262,7 @@ class OpenAIEngine:
             )
         if response.status_code >= 400 and "already" not in response.text.lower():
             raise InferenceError(f"the server refused adapter {version_id}: {response.text[:200]}")
-        self.served_model, self._version = version_id, version_id
+        self._serving(version_id, version_id)
 
 
 # llama-cpp-python's server, then vLLM's and llama.cpp's.
@@ -402,7 +413,7 @@ def render_call(name: str, arguments: Any) -> str:
     return f"{CALL_OPEN}{json.dumps({'name': name, 'arguments': arguments}, ensure_ascii=False)}{CALL_CLOSE}"
 
 
-class OllamaEngine:
+class OllamaEngine(_RemoteEngine):
     """An Ollama server as the InferenceEngine and AdapterHost (an adapter becomes an Ollama model)."""
 
     def __init__(
@@ -415,22 +426,10 @@ class OllamaEngine:
         retries: int = 2,
         model_version: str = "base",
     ) -> None:
+        super().__init__(model, context_size, retries, model_version)
         self.url = url.rstrip("/")
-        self.base_model = model
-        self.served_model = model
-        self.retries = retries
-        self._context = context_size
-        self._version = model_version
         timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
         self.client = ollama.AsyncClient(host=self.url, timeout=timeout)
-
-    @property
-    def model_version(self) -> str:
-        return self._version
-
-    @property
-    def context_size(self) -> int:
-        return self._context
 
     async def close(self) -> None:
         await self.client._client.aclose()
@@ -531,7 +530,7 @@ class OllamaEngine:
         """Base version: the configured model. Adapter: upload the GGUF LoRA and create an Ollama model
         `agentloop-<version>` FROM the base model with that ADAPTER."""
         if adapter_path is None:
-            self.served_model, self._version = self.base_model, version_id
+            self._serving(self.base_model, version_id)
             return
         if not await asyncio.to_thread(adapter_path.is_file):
             raise InferenceError(f"adapter file {adapter_path} does not exist")
@@ -542,7 +541,7 @@ class OllamaEngine:
                 model=name, from_=self.base_model, adapters={adapter_path.name: digest}, stream=False
             )
         )
-        self.served_model, self._version = name, version_id
+        self._serving(name, version_id)
 
 
 async def _prepend(first: Any, rest: Any) -> AsyncGenerator[Any, None]:
