@@ -21,7 +21,8 @@ from fakes import FakeEngine
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
 CALL_SPACED = '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 2"}}</tool_call>'
-# Samples 0 and 1 call the calculator (written differently) and answer 4; sample 2 guesses 5. The script is
+# Samples 0 and 1 call the calculator (written differently) and answer 4; sample 2 guesses 5 (a number no tool
+# gave: it weighs 0.25, so the agreement is 2 / 2.25). The script is
 # answered in call order, so the samples run one after another (max_parallel 1).
 SCRIPT = [CALL, "2+2 is 4.", CALL_SPACED, "The answer is 4.", "5"]
 
@@ -53,7 +54,7 @@ async def test_groupthink_mode_returns_the_consensus_and_stores_it(client: httpx
     assert turn["answer"] == "2+2 is 4."
     assert [s["result"] for s in turn["steps"]] == ["4"]
     vote = turn["groupthink"]
-    assert vote["agreement"] == pytest.approx(2 / 3, abs=1e-3) and vote["samples"] == 3 and vote["labeled"]
+    assert vote["agreement"] == pytest.approx(2 / 2.25, abs=1e-3) and vote["samples"] == 3 and vote["labeled"]
     assert vote["votes"][0]["samples"] == [0, 1]
     assert [d["answer"] for d in vote["dissent"]] == ["5"]
     stored = (await client.get(f"/api/v1/conversations/{conversation['id']}")).json()["messages"]
@@ -84,14 +85,14 @@ def test_ask_groupthink_json_shows_agreement_and_dissent(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["answer"] == "2+2 is 4." and data["steps"][0]["name"] == "calculator"
-    assert data["groupthink"]["agreement"] == pytest.approx(2 / 3, abs=1e-3)
+    assert data["groupthink"]["agreement"] == pytest.approx(2 / 2.25, abs=1e-3)
     assert data["groupthink"]["labeled"] and data["groupthink"]["dissent"][0]["answer"] == "5"
 
 
 def test_ask_groupthink_text_prints_the_answer_and_the_vote(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "ask", "What is 2+2?", "--groupthink", engine=FakeEngine(SCRIPT))
     assert result.exit_code == 0, result.output
-    assert "2+2 is 4." in result.stdout and "agreement 67% of 3 samples" in result.stdout
+    assert "2+2 is 4." in result.stdout and "agreement 89% of 3 samples" in result.stdout
     assert "dissent" in result.stdout
 
 

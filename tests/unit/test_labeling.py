@@ -147,7 +147,7 @@ async def test_a_prompt_is_tried_once_per_model_version(tmp_path: Path) -> None:
 
 
 async def test_stored_prompts_come_first_with_their_own_agent(tmp_path: Path) -> None:
-    worker = labeler(tmp_path, ["21", "21", "21"])
+    worker = labeler(tmp_path, [call_text(expression="7*3"), "21"] * 3)
     assert isinstance(worker.conversations, FakeAgents)
     owner = Agent("owner", allowed_tools=("calculator",))
     await worker.conversations.create_agent(owner)

@@ -3,10 +3,11 @@
 Each sample's turn is reduced to a canonical key before the vote: its distinct tool calls (names plus
 arguments with keys sorted, numbers written one way, whitespace and case folded) and the claim its answer
 makes (the numbers and content words of the answer that the question did not already contain). Samples whose
-tools failed count less (`failed_tool_weight`), and so do samples whose answer contradicts the number their
-last tool returned; a sample that crashed counts nothing. The key with the most weight wins (ties: more
-samples, then the earliest sample) and speaks through its earliest exemplary member; the agreement is the
-winner's share of all the weight; every other key is reported as dissent. See ADR-0010.
+tools failed count less (`failed_tool_weight`), and so do ungrounded ones (the answer contradicts the number
+its last tool returned, or states a number neither the question nor a tool gave); a sample that crashed
+counts nothing. The key with the most weight wins (ties: more samples, then the earliest sample) and speaks
+through its earliest exemplary member; the agreement is the winner's share of all the weight; every other
+key is reported as dissent. See ADR-0010.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def _folded(text: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
+def _numbers(text: str) -> set[str]:
+    return {canonical_number(match) for match in _NUMBER.findall(_folded(text))}
+
+
 def _tokens(text: str) -> list[str]:
     text = _folded(text)
     numbers = [canonical_number(match) for match in _NUMBER.findall(text)]
@@ -196,18 +201,19 @@ class Sample:
         """Finished with an answer and every tool call ran without error."""
         return self.error is None and self.answer is not None and self.tools_ok
 
-    @property
-    def grounded(self) -> bool:
-        """The answer states the value its last tool returned, when that tool returned one number (the
-        calculator, a script printing its result): an answer contradicting its own observation ("4321 * 8765
-        = 1000...") is a guess, whatever the vote. Turns without such an observation are grounded."""
-        if not self.steps or self.answer is None:
+    def grounded(self, question: str = "") -> bool:
+        """Every number the answer states came from the question or a tool's output, and when the last tool
+        returned one number (the calculator, a script printing its result) the answer states it: an answer
+        that contradicts its own observation ("4321 * 8765 = 1000...") or brings a number from nowhere ("31
+        (17 * 29) = 31.") is a guess, whatever the vote. A turn without an answer has nothing to check."""
+        if self.answer is None:
             return True
-        returned = self.steps[-1][1].output.strip()
-        if not _NUMBER.fullmatch(returned):
-            return True
-        stated = {canonical_number(n) for n in _NUMBER.findall(_folded(self.answer))}
-        return canonical_number(returned) in stated
+        stated = _numbers(self.answer)
+        seen = _numbers(question).union(*(_numbers(result.output) for _, result in self.steps))
+        if not stated <= seen:
+            return False
+        returned = self.steps[-1][1].output.strip() if self.steps else ""
+        return not _NUMBER.fullmatch(returned) or canonical_number(returned) in stated
 
 
 def _call_id(message: Message) -> str | None:
@@ -281,16 +287,16 @@ def _vote_dict(vote: Vote) -> dict[str, Any]:
 def exemplary(sample: Sample, question: str) -> bool:
     """A turn fit to learn from: clean, no repeated call, grounded, and an answer that says something."""
     answered = sample.answer is not None and adds_to(sample.answer, question)
-    return sample.clean and not sample.repeats and sample.grounded and answered
+    return sample.clean and not sample.repeats and sample.grounded(question) and answered
 
 
-def sample_weight(sample: Sample, failed_tool_weight: float) -> float:
-    """1 for a clean, grounded turn; `failed_tool_weight` when a tool failed or the answer contradicts what
-    the tool returned (both: its square); 0 for a sample that crashed or never answered."""
+def sample_weight(sample: Sample, failed_tool_weight: float, question: str = "") -> float:
+    """1 for a clean, grounded turn; `failed_tool_weight` when a tool failed or the answer is not grounded
+    (both: its square); 0 for a sample that crashed or never answered."""
     if sample.error is not None or sample.answer is None:
         return 0.0
     weight = 1.0 if sample.tools_ok else failed_tool_weight
-    return weight if sample.grounded else weight * failed_tool_weight
+    return weight if sample.grounded(question) else weight * failed_tool_weight
 
 
 def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: float = 0.25) -> Consensus:
@@ -306,7 +312,7 @@ def vote(samples: Sequence[Sample], question: str = "", failed_tool_weight: floa
         Vote(
             key,
             tuple(s.index for s in members),
-            sum(sample_weight(s, failed_tool_weight) for s in members),
+            sum(sample_weight(s, failed_tool_weight, question) for s in members),
             members[0].answer,
             tuple(call for call, _ in members[0].steps),
         )
