@@ -128,7 +128,13 @@ class SqlStore(SessionStore):
             raise ValidationError(
                 "limit and offset must not be negative", field="limit" if limit < 0 else "offset"
             )
-        page = select(ConversationRow).order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+        # One query for the page and the total (a window count over the filtered rows): a list is the most
+        # frequent read, and every statement is a round trip to the database (a thread hop with aiosqlite).
+        # Plain columns, not ORM objects: nothing here is changed or lazily loaded.
+        total_column = func.count().over().label("total")
+        page = select(*_CONVERSATION_COLUMNS, total_column).order_by(
+            ConversationRow.updated_at.desc(), ConversationRow.id.desc()
+        )
         count = select(func.count()).select_from(ConversationRow)
         if agent_id is not None:
             page = page.where(ConversationRow.agent_id == agent_id)
@@ -137,9 +143,15 @@ class SqlStore(SessionStore):
             page = page.where(ConversationRow.owner_id == owner_id)
             count = count.where(ConversationRow.owner_id == owner_id)
         async with self._session() as session:
-            total = await session.scalar(count) or 0
-            rows = await session.scalars(page.limit(limit).offset(offset))
-            return [_conversation(row, []) for row in rows], total
+            rows = (await session.execute(page.limit(limit).offset(offset))).all()
+            if rows:
+                total = int(rows[0].total)
+            elif offset == 0 and limit > 0:
+                total = 0  # an empty first page: nothing matches
+            else:
+                # Past the end (or limit 0) the window saw no rows: count on their own.
+                total = await session.scalar(count) or 0
+            return [_conversation_of(row) for row in rows], total
 
     async def delete_conversation(self, conversation_id: str) -> None:
         """Delete a conversation and (by cascade) its messages; NotFoundError if there is none."""
@@ -256,6 +268,31 @@ def _conversation(row: ConversationRow, messages: list[Message]) -> Conversation
         title=row.title,
         source=row.source,
         messages=messages,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        owner_id=row.owner_id,
+    )
+
+
+_CONVERSATION_COLUMNS = (
+    ConversationRow.id,
+    ConversationRow.agent_id,
+    ConversationRow.title,
+    ConversationRow.source,
+    ConversationRow.created_at,
+    ConversationRow.updated_at,
+    ConversationRow.owner_id,
+)
+
+
+def _conversation_of(row: Any) -> Conversation:
+    """A conversation without messages from a row of `_CONVERSATION_COLUMNS`."""
+    return Conversation(
+        id=row.id,
+        agent_id=row.agent_id,
+        title=row.title,
+        source=row.source,
+        messages=[],
         created_at=row.created_at,
         updated_at=row.updated_at,
         owner_id=row.owner_id,
