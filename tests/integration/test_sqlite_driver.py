@@ -1,5 +1,6 @@
 """The one-hop SQLite driver (adapters/storage/sqlite_driver.py): what SQLAlchemy reads from a cursor still
-comes through (rows, rowcount, lastrowid, executemany, errors), in one call on aiosqlite's thread."""
+comes through (rows, rowcount, lastrowid, executemany, errors), in one call on aiosqlite's thread, and
+commit or rollback with no transaction open make no call."""
 
 from __future__ import annotations
 
@@ -41,7 +42,14 @@ async def test_statements_round_trip_in_one_hop_each(tmp_path: Path, monkeypatch
             assert [tuple(r) for r in rows] == [(1, "a"), (2, "b!"), (3, "c!")]
             assert rows[0]._fields == ("id", "name")
             assert hops == 4
+        assert hops == 5  # the commit; the pool's rollback after it has nothing to undo: no call
         async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT count(*) FROM t"))).scalar() == 3
+        assert hops == 6  # a read-only connection ends without a call either
+        async with engine.connect() as connection:
+            await connection.execute(text("DELETE FROM t"))
+        async with engine.connect() as connection:  # not committed: rolled back
+            assert (await connection.execute(text("SELECT count(*) FROM t"))).scalar() == 3
             with pytest.raises(IntegrityError):
                 await connection.execute(text("INSERT INTO t (name) VALUES ('a')"))
             await connection.rollback()

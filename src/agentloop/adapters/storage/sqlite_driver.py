@@ -5,7 +5,8 @@ statement (open a cursor, execute, fetch the rows, close the cursor), each a rou
 loop and that thread: two thread wake-ups and a GIL hand-over. On a busy 2-core machine those hops, not
 SQLite, were most of the cost of a cheap read or a one-event write (bench/results/endpoints.json,
 events.json; ADR-0009). This cursor does all four in one call on the connection's thread and hands the
-event loop the rows, the description, rowcount and lastrowid.
+event loop the rows, the description, rowcount and lastrowid; and commit or rollback outside a transaction,
+which sqlite3 would ignore anyway, makes no call at all.
 
 Registered as the `sqlite+agentloop` driver; `database.create_engine` uses it for `sqlite+aiosqlite` URLs.
 Server-side (streaming) cursors keep SQLAlchemy's own implementation.
@@ -116,6 +117,22 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneHopCursor
+
+    def _idle(self) -> bool:
+        """No transaction open on the sqlite3 connection (read here: no call is running on its thread, as
+        SQLAlchemy waits for each one)."""
+        raw: sqlite3.Connection | None = self._connection._connection
+        return raw is not None and not raw.in_transaction
+
+    # sqlite3 itself does nothing on commit or rollback outside a transaction; skip the thread hop then (the
+    # pool's reset after a commit, the end of a read-only session).
+    def rollback(self) -> None:
+        if not self._idle():
+            super().rollback()
+
+    def commit(self) -> None:
+        if not self._idle():
+            super().commit()
 
 
 class OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
