@@ -172,8 +172,11 @@ class SqlAuthStore(SessionStore):
 
     async def revocations(self) -> int:
         """How many revocations were ever committed (the counter `_count_revocation` bumps)."""
-        async with self._session() as session:
-            return await session.scalar(select(AuthStateRow.revocations).where(AuthStateRow.id == 1)) or 0
+        async with self._reading() as connection:
+            return await connection.scalar(_REVOCATIONS) or 0
+
+
+_REVOCATIONS = select(AuthStateRow.revocations).where(AuthStateRow.id == 1)
 
 
 async def _count_revocation(session: AsyncSession) -> None:

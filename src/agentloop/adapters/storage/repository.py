@@ -45,6 +45,17 @@ class SessionStore:
             raise StorageError(f"database error: {type(exc).__name__}") from exc
 
     @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for Core reads, without an ORM session's bookkeeping (the hot reads: a list
+        page, the revocation counter). Anything not committed is rolled back when the block ends."""
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        try:
+            async with engine.connect() as connection:
+                yield connection
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A plain connection in a transaction, committed when the block ends (rolled back on an error):
         for writes of Core statements, without an ORM session's bookkeeping around them."""
@@ -149,15 +160,15 @@ class SqlStore(SessionStore):
         if owner_id is not None:
             page = page.where(ConversationRow.owner_id == owner_id)
             count = count.where(ConversationRow.owner_id == owner_id)
-        async with self._session() as session:
-            rows = (await session.execute(page.limit(limit).offset(offset))).all()
+        async with self._reading() as connection:
+            rows = (await connection.execute(page.limit(limit).offset(offset))).all()
             if rows:
                 total = int(rows[0].total)
             elif offset == 0 and limit > 0:
                 total = 0  # an empty first page: nothing matches
             else:
                 # Past the end (or limit 0) the window saw no rows: count on their own.
-                total = await session.scalar(count) or 0
+                total = await connection.scalar(count) or 0
             return [_conversation_of(row) for row in rows], total
 
     async def delete_conversation(self, conversation_id: str) -> None:
