@@ -93,6 +93,29 @@ async def test_a_caller_giving_up_does_not_cancel_the_read_of_the_others() -> No
     assert quitter.cancelled()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_reader_left_mid_read_by_an_ended_loop_works_on_the_next_one() -> None:
+    value = [0]
+    stuck = asyncio.Event()
+
+    async def read() -> int:
+        if value[0] == 0:
+            await stuck.wait()  # never set: the first loop ends during this read
+        return value[0]
+
+    reader = FreshReader(read)
+
+    async def first() -> None:
+        asyncio.get_running_loop().create_task(reader.get())
+        await asyncio.sleep(0.01)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(first())
+    loop.close()  # closed with the read still pending (asyncio.run would cancel it first)
+    value[0] = 5
+    assert asyncio.run(reader.get()) == 5
+
+
 def test_entries_hold_until_a_revocation_or_their_age() -> None:
     now = [0.0]
     cache = CredentialCache(max_age_s=60.0, clock=lambda: now[0])

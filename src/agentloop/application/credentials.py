@@ -40,6 +40,9 @@ class FreshReader:
     async def get(self) -> int:
         """The value, read after this call began (possibly together with other callers)."""
         loop = asyncio.get_running_loop()
+        if self._task is not None and self._task.get_loop() is not loop:
+            # Left behind by an event loop that ended mid-read: start afresh on this one.
+            self._task, self._waiting = None, None
         if self._waiting is None:
             self._waiting = loop.create_future()
             if self._task is None:
