@@ -152,6 +152,8 @@ class FakeAuthStore:
         self.keys: dict[str, ApiKey] = {}
         self.sessions: dict[str, RefreshSession] = {}
         self.lose_rotation_race = False
+        self.revocation_reads = 0
+        self.key_reads = 0
 
     async def add_user(self, user: User) -> None:
         self.users[user.id] = dataclasses.replace(user)
@@ -166,6 +168,7 @@ class FakeAuthStore:
         self.keys[key.key_hash] = dataclasses.replace(key)
 
     async def get_api_key(self, key_hash: str) -> ApiKey | None:
+        self.key_reads += 1
         return self.keys.get(key_hash)
 
     async def add_session(self, session: RefreshSession) -> None:
@@ -193,3 +196,15 @@ class FakeAuthStore:
 
     async def family_revoked(self, family_id: str) -> bool:
         return any(s.revoked for s in self.sessions.values() if s.family_id == family_id)
+
+    async def revocations(self) -> int:
+        """Changes whenever anything is revoked or disabled, however the test changed it (the SQL store
+        bumps a counter in each revoking transaction)."""
+        self.revocation_reads += 1
+        return hash(
+            (
+                frozenset(k for k, key in self.keys.items() if key.revoked),
+                frozenset(u for u, user in self.users.items() if user.disabled),
+                frozenset(s.id for s in self.sessions.values() if s.revoked),
+            )
+        )

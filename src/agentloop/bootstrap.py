@@ -227,6 +227,7 @@ def build_auth(settings: Settings, store: SqlAuthStore, keys: KeyPair | None = N
         settings.jwt_audience,
         settings.access_token_ttl_s,
         settings.refresh_token_ttl_s,
+        cache_credentials=settings.auth_cache,
     )
     return AuthService(store, hasher, codec, config)
 

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     jwt_audience: str = Field("agentloop-api", min_length=1, description="`aud` of access tokens, checked.")
     access_token_ttl_s: int = Field(1800, ge=60, le=86400, description="Lifetime of an access token.")
     refresh_token_ttl_s: int = Field(86400, ge=300, description="Lifetime of a refresh token.")
+    auth_cache: bool = Field(
+        True,
+        description="Remember verified API keys and access tokens until the next revocation (ADR-0011); "
+        "false verifies every request against the database.",
+    )
     # OWASP's argon2id baseline (19 MiB, 2 passes, 1 lane): tens of milliseconds on a small CPU.
     argon2_time_cost: int = Field(2, ge=1, description="argon2id passes over memory for password hashes.")
     argon2_memory_kib: int = Field(19456, ge=8, description="argon2id memory per password hash, in KiB.")

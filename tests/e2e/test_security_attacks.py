@@ -21,8 +21,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from agentloop.adapters.storage import create_engine, create_sessionmaker
+from agentloop.adapters.storage.auth_repository import SqlAuthStore
 from agentloop.adapters.tools.sandbox import bwrap_path
-from agentloop.domain.auth import Role
+from agentloop.domain.auth import LOCAL_ADMIN, Role
 from agentloop.entrypoints.api import create_app
 from agentloop.settings import Settings
 from auth_helpers import bearer, fast_auth
@@ -204,6 +206,29 @@ async def test_logout_revokes(world: World) -> None:
     response = await world.client.post("/api/v1/auth/logout", json={"refresh_token": bob["refresh_token"]})
     assert response.status_code == 204
     assert (await world.client.get("/api/v1/auth/me", headers=world.as_("bob"))).status_code == 401
+
+
+async def test_revocations_from_another_process_are_refused_at_once(world: World) -> None:
+    """Verified credentials are cached (ADR-0011), yet a key revoked or a user disabled by the CLI (its own
+    process and database connection) is refused on the very next request."""
+    container = world.app.state.container
+    key, plain = await container.auth.create_api_key("soon revoked", Role.USER, LOCAL_ADMIN)
+    carol = await container.auth.create_user(world.user("carol"), Role.USER, PASSWORD)
+    carol_token = (await login(world.client, carol.username)).json()["access_token"]
+    for _ in range(2):  # the second time from the cache
+        assert (await world.client.get("/api/v1/auth/me", headers=bearer(plain))).status_code == 200
+        assert (await world.client.get("/api/v1/auth/me", headers=bearer(carol_token))).status_code == 200
+    database = create_engine(container.settings.resolved_database_url)
+    try:
+        cli_store = SqlAuthStore(create_sessionmaker(database))
+        await cli_store.revoke_api_key(key.id)
+        refused = await world.client.get("/api/v1/auth/me", headers=bearer(plain))
+        assert refused.status_code == 401 and "invalid API key" in refused.json()["detail"]
+        assert (await world.client.get("/api/v1/auth/me", headers=bearer(carol_token))).status_code == 200
+        await cli_store.set_disabled(carol.username, True)
+        assert (await world.client.get("/api/v1/auth/me", headers=bearer(carol_token))).status_code == 401
+    finally:
+        await database.dispose()
 
 
 # --- ownership and roles ------------------------------------------------------------------------------------

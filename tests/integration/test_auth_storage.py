@@ -1,5 +1,6 @@
 """SqlAuthStore on SQLite and PostgreSQL (users, keys, refresh sessions, the rotation race, family
-revocation, conversation ownership, migration 0003 down and up), and rate limits shared through Redis."""
+revocation, the revocation counter, conversation ownership, migrations 0003 and 0004 down and up), and rate
+limits shared through Redis."""
 
 from __future__ import annotations
 
@@ -59,6 +60,24 @@ async def test_sessions_rotate_once_and_families_revoke(auth_store: SqlAuthStore
     assert not await auth_store.family_revoked("fam-2")
 
 
+async def test_every_revocation_bumps_the_counter(auth_store: SqlAuthStore) -> None:
+    assert await auth_store.revocations() == 0
+    user = User("alice", Role.USER, "$argon2id$hash")
+    await auth_store.add_user(user)
+    key = ApiKey("ci", Role.USER, "c" * 64, user.id)
+    await auth_store.add_api_key(key)
+    await auth_store.add_session(RefreshSession(user.id, "fam-9", "h9", utcnow() + timedelta(days=1)))
+    assert await auth_store.revocations() == 0  # adding grants nothing to re-check
+    await auth_store.revoke_api_key(key.id)
+    assert await auth_store.revocations() == 1
+    await auth_store.set_disabled("alice", True)
+    await auth_store.revoke_family("fam-9")
+    assert await auth_store.revocations() == 3
+    with pytest.raises(NotFoundError):
+        await auth_store.revoke_api_key("nope")  # nothing revoked, nothing counted
+    assert await auth_store.revocations() == 3
+
+
 async def test_conversations_are_listed_per_owner(sql_store: SqlStore) -> None:
     agent = Agent("a")
     await sql_store.create_agent(agent)
@@ -84,12 +103,16 @@ async def test_migration_0003_downgrades_and_upgrades(sql_engine: AsyncEngine, d
         return set(inspect(sync).get_table_names())
 
     config = alembic_config(database_url)
+    await asyncio.to_thread(command.downgrade, config, "0003")
+    async with sql_engine.connect() as connection:
+        assert "auth_state" not in await connection.run_sync(tables)
     await asyncio.to_thread(command.downgrade, config, "0002")
     async with sql_engine.connect() as connection:
         assert "users" not in await connection.run_sync(tables)
     await asyncio.to_thread(command.upgrade, config, "head")
     async with sql_engine.connect() as connection:
-        assert {"users", "api_keys", "refresh_tokens"} <= await connection.run_sync(tables)
+        assert {"users", "api_keys", "refresh_tokens", "auth_state"} <= await connection.run_sync(tables)
+    assert await SqlAuthStore(create_sessionmaker(sql_engine)).revocations() == 0
 
 
 @pytest.mark.redis

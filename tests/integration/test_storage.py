@@ -37,6 +37,7 @@ TABLES = {
     "users",
     "api_keys",
     "refresh_tokens",
+    "auth_state",
     "training_jobs",
     "datasets",
 }
@@ -136,7 +137,7 @@ async def test_migrations_create_tables_and_upgrade_is_idempotent(database_url: 
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
             versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars()
-            assert list(versions) == ["0003"]
+            assert list(versions) == ["0004"]
     finally:
         await engine.dispose()
     assert tables == TABLES | {"alembic_version"}
@@ -317,6 +318,9 @@ async def test_list_conversations_pages_newest_first(sql_store: SqlStore) -> Non
     assert ([c.title for c in page], total) == (["c1"], 5)
     page, total = await sql_store.list_conversations(limit=10, offset=50)
     assert (page, total) == ([], 6)
+    assert await sql_store.list_conversations(limit=0, offset=0) == ([], 6)
+    page, _ = await sql_store.list_conversations(limit=1, offset=0)
+    assert page[0].created_at.tzinfo is not None and page[0].owner_id is None
     page, _ = await sql_store.list_conversations(limit=1, offset=0, agent_id=calc.id)
     assert page[0].messages == []
     assert (await sql_store.list_conversations(limit=10, offset=0, agent_id="nobody")) == ([], 0)

@@ -51,9 +51,10 @@ def store() -> FakeAuthStore:
     return FakeAuthStore()
 
 
-@pytest.fixture
-def auth(store: FakeAuthStore, clock: Clock) -> AuthService:
-    config = AuthConfig(access_ttl_s=1800, refresh_ttl_s=86400)
+@pytest.fixture(params=[False, True], ids=["verified-every-time", "cached"])
+def auth(store: FakeAuthStore, clock: Clock, request: pytest.FixtureRequest) -> AuthService:
+    """Every rule holds alike with the credential cache off and on (revocations seen at once either way)."""
+    config = AuthConfig(access_ttl_s=1800, refresh_ttl_s=86400, cache_credentials=request.param)
     return AuthService(store, FakeHasher(), FakeCodec(), config, clock)
 
 
@@ -267,3 +268,68 @@ async def test_an_api_key_never_outranks_its_owner(auth: AuthService) -> None:
     assert (await auth.authenticate(plain)).user_id == user.id == key.user_id
     with pytest.raises(ValidationError, match="name"):
         await auth.create_api_key("  ", Role.USER, user.principal)
+
+
+async def test_a_disabled_owners_api_keys_stop_working(auth: AuthService, store: FakeAuthStore) -> None:
+    user = await alice(auth, Role.TRAINER)
+    _, plain = await auth.create_api_key("alice's bot", "user", user.principal)
+    assert (await auth.authenticate(plain)).user_id == user.id
+    store.users[user.id].disabled = True
+    with pytest.raises(AuthenticationError, match="invalid API key"):
+        await auth.authenticate(plain)
+    store.users[user.id].disabled = False
+    assert (await auth.authenticate(plain)).user_id == user.id
+
+
+# --- the credential cache -----------------------------------------------------------------------------------
+
+
+def cached_auth(store: FakeAuthStore, clock: Clock) -> AuthService:
+    config = AuthConfig(access_ttl_s=1800, refresh_ttl_s=86400, cache_credentials=True)
+    return AuthService(store, FakeHasher(), FakeCodec(), config, clock)
+
+
+async def test_a_cached_key_is_not_looked_up_again_until_a_revocation(
+    store: FakeAuthStore, clock: Clock
+) -> None:
+    auth = cached_auth(store, clock)
+    key, plain = await auth.create_api_key("bot", "user", LOCAL_ADMIN)
+    other, _ = await auth.create_api_key("other", "user", LOCAL_ADMIN)
+    for _ in range(3):
+        assert (await auth.authenticate(plain)).username == "key:bot"
+    assert store.key_reads == 1 and store.revocation_reads == 3
+    # Any revocation (here another key's) makes every entry verified before it count for nothing.
+    store.keys[other.key_hash].revoked = True
+    await auth.authenticate(plain)
+    assert store.key_reads == 2
+    store.keys[key.key_hash].revoked = True
+    with pytest.raises(AuthenticationError, match="invalid API key"):
+        await auth.authenticate(plain)
+
+
+async def test_a_cached_access_token_expires_with_the_token(store: FakeAuthStore, clock: Clock) -> None:
+    auth = cached_auth(store, clock)
+    await alice(auth)
+    pair = await auth.login("alice", PASSWORD)
+    assert auth.cache is not None
+    await auth.authenticate(pair.access_token)
+    entry_clock = [0.0]
+    auth.cache.clock = lambda: entry_clock[0]
+    digest = token_hash(pair.access_token)
+    for max_age, lasts in ((10_000.0, 1800.0), (300.0, 300.0)):  # the token's remaining life, or the cap
+        auth.cache.max_age_s = max_age
+        auth.cache.clear()
+        entry_clock[0] = 0.0
+        await auth.authenticate(pair.access_token)
+        entry_clock[0] = lasts - 1
+        assert auth.cache.get(digest, await store.revocations()) is not None
+        entry_clock[0] = lasts
+        assert auth.cache.get(digest, await store.revocations()) is None
+
+
+async def test_failures_are_not_cached(store: FakeAuthStore, clock: Clock) -> None:
+    auth = cached_auth(store, clock)
+    for _ in range(2):
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(API_KEY_PREFIX + "guessed")
+    assert store.key_reads == 2 and auth.cache is not None and len(auth.cache) == 0

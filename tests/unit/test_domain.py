@@ -64,6 +64,29 @@ def test_events_have_names_and_payloads() -> None:
     assert generated.payload()["model_version"] == "v"
 
 
+def test_every_event_payload_is_its_fields_but_id_and_time() -> None:
+    """payload() copies shallowly, so every field must be a plain value (a nested one would be shared)."""
+    import dataclasses
+    import typing
+
+    from agentloop.domain import events
+
+    plain = {"str", "int", "float", "bool", "str | None", "float | None", "int | None", "bool | None"}
+    kinds = [k for k in vars(events).values() if isinstance(k, type) and issubclass(k, events.Event)]
+    assert len(kinds) > 5
+    for kind in kinds:
+        hints = typing.get_type_hints(kind)
+        for f in dataclasses.fields(kind):
+            shown = str(hints[f.name]).replace("<class '", "").replace("'>", "").replace("typing.", "")
+            assert f.name in ("id", "occurred_at") or shown.replace("Optional[", "").rstrip("]") in plain, (
+                f"{kind.__name__}.{f.name}: {shown}"
+            )
+    event = ToolExecuted(conversation_id="c", tool_name="t", ok=False, duration_ms=2.0, error="boom")
+    expected = dataclasses.asdict(event)
+    del expected["id"], expected["occurred_at"]
+    assert event.payload() == expected
+
+
 def test_errors_carry_context() -> None:
     assert "conversation x not found" in str(NotFoundError("conversation", "x"))
     overflow = ContextOverflowError(5000, 4096)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from agentloop.application.credentials import CredentialCache, FreshReader
 from agentloop.domain.auth import (
     ApiKey,
     Principal,
@@ -72,6 +73,10 @@ class AuthStore(Protocol):
 
     async def family_revoked(self, family_id: str) -> bool: ...
 
+    async def revocations(self) -> int:
+        """A counter every revocation (API key, disabled user, revoked login) bumps when it commits."""
+        ...
+
 
 @dataclass(frozen=True)
 class AuthConfig:
@@ -79,6 +84,8 @@ class AuthConfig:
     audience: str = "agentloop-api"
     access_ttl_s: int = 1800
     refresh_ttl_s: int = 86400
+    # Remember verified credentials until the next revocation (application/credentials.py, ADR-0011).
+    cache_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class AuthService:
         self.config = config
         self.clock = clock
         self._dummy_hash: str | None = None
+        self.cache: CredentialCache | None = CredentialCache() if config.cache_credentials else None
+        self.revocations = FreshReader(store.revocations)
 
     # Hashing costs tens of milliseconds by design: it runs in a thread, never on the event loop.
     async def _hash(self, password: str) -> str:
@@ -176,8 +185,24 @@ class AuthService:
 
     async def authenticate(self, bearer: str) -> Principal:
         """The caller behind an access token or API key; AuthenticationError saying why not."""
+        if self.cache is None:
+            principal, _ = await self._check(bearer)
+            return principal
+        digest = token_hash(bearer)
+        # Read before verifying: an entry is trusted only while no revocation has committed since this read.
+        revocations = await self.revocations.get()
+        cached = self.cache.get(digest, revocations)
+        if cached is not None:
+            return cached
+        principal, lifetime_s = await self._check(bearer)
+        self.cache.put(digest, principal, revocations, lifetime_s)
+        return principal
+
+    async def _check(self, bearer: str) -> tuple[Principal, float | None]:
+        """The principal of a credential, checked against the store, and how much longer the credential
+        itself is valid (None: until revoked)."""
         if bearer.startswith(API_KEY_PREFIX):
-            return await self._api_key(bearer)
+            return await self._api_key(bearer), None
         claims = self.codec.decode(bearer)
         if claims.get("typ") != "access":
             raise AuthenticationError("not an access token")
@@ -187,7 +212,9 @@ class AuthService:
         user = await self.store.get_user(str(claims.get("sub", "")))
         if user is None or user.disabled:
             raise AuthenticationError("unknown user")
-        return user.principal
+        expires = claims.get("exp")
+        lifetime_s = float(expires) - self.clock().timestamp() if isinstance(expires, int | float) else 0.0
+        return user.principal, lifetime_s
 
     async def access_token_for(self, user: User) -> TokenPair:
         """A fresh login for `user` without a password (the CLI's `users create --token`)."""
@@ -228,5 +255,10 @@ class AuthService:
         key = await self.store.get_api_key(token_hash(plain))
         # The lookup is by hash; comparing again in constant time costs nothing and documents the intent.
         if key is None or key.revoked or not hmac.compare_digest(key.key_hash, token_hash(plain)):
+            raise AuthenticationError("invalid API key")
+        # A key acts for its owner: a disabled owner's keys stop working too (keys made for the local admin
+        # by the CLI have no user row).
+        owner = await self.store.get_user(key.user_id)
+        if owner is not None and owner.disabled:
             raise AuthenticationError("invalid API key")
         return key.principal

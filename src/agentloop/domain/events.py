@@ -20,10 +20,20 @@ class Event:
         return type(self).__name__
 
     def payload(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("id")
-        data.pop("occurred_at")
-        return data
+        """The fields besides id and occurred_at. They are plain values (strings, numbers, booleans, None),
+        so a shallow copy is the whole copy (`dataclasses.asdict` would deep-copy each one, slowly)."""
+        return {name: getattr(self, name) for name in _payload_fields(type(self))}
+
+
+_PAYLOAD_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _payload_fields(kind: type[Event]) -> tuple[str, ...]:
+    names = _PAYLOAD_FIELDS.get(kind)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(kind) if f.name not in ("id", "occurred_at"))
+        _PAYLOAD_FIELDS[kind] = names
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)

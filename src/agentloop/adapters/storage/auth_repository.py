@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentloop.adapters.storage.orm import ApiKeyRow, RefreshTokenRow, UserRow
+from agentloop.adapters.storage.orm import ApiKeyRow, AuthStateRow, RefreshTokenRow, UserRow
 from agentloop.adapters.storage.repository import SessionStore
 from agentloop.domain.auth import ApiKey, RefreshSession, Role, User
 from agentloop.errors import ConflictError, NotFoundError
@@ -55,6 +56,7 @@ class SqlAuthStore(SessionStore):
             )
             if changed is None:
                 raise NotFoundError("user", username)
+            await _count_revocation(session)
             await session.commit()
 
     async def revoke_api_key(self, key_id: str) -> None:
@@ -68,6 +70,7 @@ class SqlAuthStore(SessionStore):
             )
             if changed is None:
                 raise NotFoundError("API key", key_id)
+            await _count_revocation(session)
             await session.commit()
 
     async def add_api_key(self, key: ApiKey) -> None:
@@ -155,6 +158,7 @@ class SqlAuthStore(SessionStore):
                 .values(revoked=True)
                 .execution_options(synchronize_session=False)
             )
+            await _count_revocation(session)
             await session.commit()
 
     async def family_revoked(self, family_id: str) -> bool:
@@ -165,6 +169,28 @@ class SqlAuthStore(SessionStore):
                 .limit(1)
             )
             return hit is not None
+
+    async def revocations(self) -> int:
+        """How many revocations were ever committed (the counter `_count_revocation` bumps)."""
+        async with self._reading() as connection:
+            return await connection.scalar(_REVOCATIONS) or 0
+
+
+_REVOCATIONS = select(AuthStateRow.revocations).where(AuthStateRow.id == 1)
+
+
+async def _count_revocation(session: AsyncSession) -> None:
+    """Bump the revocation counter in the transaction that revokes: whoever reads the new value also sees
+    the revocation (servers re-verify credentials they cached before it)."""
+    bumped = await session.scalar(
+        update(AuthStateRow)
+        .where(AuthStateRow.id == 1)
+        .values(revocations=AuthStateRow.revocations + 1)
+        .returning(AuthStateRow.id)
+        .execution_options(synchronize_session=False)
+    )
+    if bumped is None:  # a database whose row was removed by hand: start counting again
+        session.add(AuthStateRow(id=1, revocations=1))
 
 
 def _user(row: UserRow) -> User:

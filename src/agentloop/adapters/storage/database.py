@@ -15,10 +15,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from agentloop.adapters.storage import sqlite_driver
 from agentloop.errors import StorageError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_POOL_SIZE = 5
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -27,7 +29,15 @@ def create_engine(url: str) -> AsyncEngine:
     if sa_url.get_backend_name() != "sqlite":
         return create_async_engine(sa_url, pool_pre_ping=True)
     _ensure_sqlite_dir(sa_url)
-    engine = create_async_engine(sa_url)
+    if sa_url.get_driver_name() == "aiosqlite":
+        # The same driver, one thread hop per statement instead of four (sqlite_driver.py).
+        sa_url = sa_url.set(drivername=f"sqlite+{sqlite_driver.DRIVER}")
+    # Five connections and no overflow: SQLite has one writer at a time and this runs on few cores, while
+    # an overflow connection is a new connection and thread (aiosqlite) opened for one session and closed
+    # after it, which under load is most of the work. Callers beyond five wait for a free one.
+    pooled = bool(sa_url.database) and sa_url.database != ":memory:" and "memory" not in sa_url.query.values()
+    options: dict[str, Any] = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": 0} if pooled else {}
+    engine = create_async_engine(sa_url, **options)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 

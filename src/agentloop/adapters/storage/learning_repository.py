@@ -24,7 +24,7 @@ from agentloop.adapters.storage.orm import (
 )
 
 # The conversation, message and event mappings are SqlStore's; both stores read and write the same tables.
-from agentloop.adapters.storage.repository import SessionStore, _conversation, _event_row, _message
+from agentloop.adapters.storage.repository import SessionStore, _conversation, _message, insert_events
 from agentloop.domain.events import Event
 from agentloop.domain.learning import (
     Feedback,
@@ -74,7 +74,7 @@ class SqlLearningStore(SessionStore):
                     field="conversation_id",
                 )
             session.add(_feedback_row(feedback))
-            session.add_all(_event_row(event) for event in events)
+            await insert_events(session, events)
             await session.commit()
         self.on_events(events)
 
@@ -163,7 +163,7 @@ class SqlLearningStore(SessionStore):
                     "promoted_at": version.promoted_at,
                 }
                 await _update(session, ModelVersionRow, version.id, values, "model version")
-            session.add_all(_event_row(event) for event in events)
+            await insert_events(session, events)
             await session.commit()
         self.on_events(events)
 
@@ -251,9 +251,8 @@ class SqlLearningStore(SessionStore):
 
     async def add_events(self, events: Sequence[Event]) -> None:
         """Record events (training started, completed, failed) that belong to no conversation."""
-        async with self._session() as session:
-            session.add_all(_event_row(event) for event in events)
-            await session.commit()
+        async with self._transaction() as connection:
+            await insert_events(connection, events)
         self.on_events(events)
 
     # --- datasets -------------------------------------------------------------------------------------------

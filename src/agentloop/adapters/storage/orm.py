@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -78,6 +79,8 @@ class AgentRow(Base):
 
 class ConversationRow(Base):
     __tablename__ = "conversations"
+    # A user's listing (owner_id = ?, newest first) reads this index in order instead of sorting.
+    __table_args__ = (Index("ix_conversations_owner_updated", "owner_id", "updated_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
@@ -201,6 +204,17 @@ class ApiKeyRow(Base):
     user_id: Mapped[str] = mapped_column(String(64), index=True)
     revoked: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuthStateRow(Base):
+    """One row: a counter bumped in the same transaction as every revocation (an API key revoked, a user
+    disabled, a login's tokens revoked), so a server can tell whether the credentials it verified earlier
+    may still be trusted by reading one number (application/auth.py, ADR-0011)."""
+
+    __tablename__ = "auth_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revocations: Mapped[int] = mapped_column(Integer)
 
 
 class RefreshTokenRow(Base):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agentloop.adapters.storage.orm import AgentRow, ConversationRow, EventRow, MessageRow
@@ -41,6 +41,28 @@ class SessionStore:
         try:
             async with self._sessions() as session:
                 yield session
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for Core reads, without an ORM session's bookkeeping (the hot reads: a list
+        page, the revocation counter). Anything not committed is rolled back when the block ends."""
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        try:
+            async with engine.connect() as connection:
+                yield connection
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection in a transaction, committed when the block ends (rolled back on an error):
+        for writes of Core statements, without an ORM session's bookkeeping around them."""
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        try:
+            async with engine.begin() as connection:
+                yield connection
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"database error: {type(exc).__name__}") from exc
 
@@ -128,18 +150,26 @@ class SqlStore(SessionStore):
             raise ValidationError(
                 "limit and offset must not be negative", field="limit" if limit < 0 else "offset"
             )
-        page = select(ConversationRow).order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
-        count = select(func.count()).select_from(ConversationRow)
+        # One query for the page and the total (a window count over the filtered rows): a list is the most
+        # frequent read, and every statement is a round trip to the database (a thread hop with aiosqlite).
+        # Plain columns, not ORM objects: nothing here is changed or lazily loaded.
+        page, count = _CONVERSATION_PAGE, _CONVERSATION_COUNT
         if agent_id is not None:
             page = page.where(ConversationRow.agent_id == agent_id)
             count = count.where(ConversationRow.agent_id == agent_id)
         if owner_id is not None:
             page = page.where(ConversationRow.owner_id == owner_id)
             count = count.where(ConversationRow.owner_id == owner_id)
-        async with self._session() as session:
-            total = await session.scalar(count) or 0
-            rows = await session.scalars(page.limit(limit).offset(offset))
-            return [_conversation(row, []) for row in rows], total
+        async with self._reading() as connection:
+            rows = (await connection.execute(page.limit(limit).offset(offset))).all()
+            if rows:
+                total = int(rows[0].total)
+            elif offset == 0 and limit > 0:
+                total = 0  # an empty first page: nothing matches
+            else:
+                # Past the end (or limit 0) the window saw no rows: count on their own.
+                total = await connection.scalar(count) or 0
+            return [_conversation_of(row) for row in rows], total
 
     async def delete_conversation(self, conversation_id: str) -> None:
         """Delete a conversation and (by cascade) its messages; NotFoundError if there is none."""
@@ -164,27 +194,30 @@ class SqlStore(SessionStore):
                     f"message {message.id} belongs to conversation {message.conversation_id}",
                     field="conversation_id",
                 )
-        async with self._session() as session:
+        async with self._transaction() as connection:
             # Updating the conversation first locks it (its row on PostgreSQL, the write lock on SQLite),
             # so concurrent appends to one conversation read the max seq one after the other.
-            touched = await session.scalar(
+            touched = await connection.scalar(
                 update(ConversationRow)
                 .where(ConversationRow.id == conversation_id)
                 .values(updated_at=utcnow())
                 .returning(ConversationRow.id)
-                .execution_options(synchronize_session=False)
             )
             if touched is None:
                 raise NotFoundError("conversation", conversation_id)
-            last = await session.scalar(
+            last = await connection.scalar(
                 select(func.max(MessageRow.seq)).where(MessageRow.conversation_id == conversation_id)
             )
             start = (last or 0) + 1
-            session.add_all(
-                _message_row(message, conversation_id, seq) for seq, message in enumerate(messages, start)
-            )
-            session.add_all(_event_row(event) for event in events)
-            await session.commit()
+            if messages:
+                await connection.execute(
+                    _INSERT_MESSAGES,
+                    [
+                        _message_values(message, conversation_id, seq)
+                        for seq, message in enumerate(messages, start)
+                    ],
+                )
+            await insert_events(connection, events)
         self.on_events(events)
 
     async def get_message(self, message_id: str) -> Message:
@@ -262,21 +295,60 @@ def _conversation(row: ConversationRow, messages: list[Message]) -> Conversation
     )
 
 
-def _message_row(message: Message, conversation_id: str, seq: int) -> MessageRow:
-    return MessageRow(
-        id=message.id,
-        conversation_id=conversation_id,
-        seq=seq,
-        role=message.role.value,
-        content=message.content,
-        tool_call=None if message.tool_call is None else dataclasses.asdict(message.tool_call),
-        tool_result=None if message.tool_result is None else dataclasses.asdict(message.tool_result),
-        prompt_tokens=message.usage.prompt_tokens,
-        completion_tokens=message.usage.completion_tokens,
-        latency_ms=message.latency_ms,
-        model_version=message.model_version,
-        created_at=message.created_at,
+_CONVERSATION_COLUMNS = (
+    ConversationRow.id,
+    ConversationRow.agent_id,
+    ConversationRow.title,
+    ConversationRow.source,
+    ConversationRow.created_at,
+    ConversationRow.updated_at,
+    ConversationRow.owner_id,
+)
+
+
+# Built once: composing a statement costs more than running this one on SQLite.
+_CONVERSATION_PAGE = select(*_CONVERSATION_COLUMNS, func.count().over().label("total")).order_by(
+    ConversationRow.updated_at.desc(), ConversationRow.id.desc()
+)
+_CONVERSATION_COUNT = select(func.count()).select_from(ConversationRow)
+
+
+def _conversation_of(row: Any) -> Conversation:
+    """A conversation without messages from a row of `_CONVERSATION_COLUMNS`."""
+    return Conversation(
+        id=row.id,
+        agent_id=row.agent_id,
+        title=row.title,
+        source=row.source,
+        messages=[],
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        owner_id=row.owner_id,
     )
+
+
+_INSERT_MESSAGES = insert(cast(Table, MessageRow.__table__))
+
+
+def _message_row(message: Message, conversation_id: str, seq: int) -> MessageRow:
+    return MessageRow(**_message_values(message, conversation_id, seq))
+
+
+def _message_values(message: Message, conversation_id: str, seq: int) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "role": message.role.value,
+        "content": message.content,
+        "tool_call": None if message.tool_call is None else dataclasses.asdict(message.tool_call),
+        "tool_result": None if message.tool_result is None else dataclasses.asdict(message.tool_result),
+        "prompt_tokens": message.usage.prompt_tokens,
+        "completion_tokens": message.usage.completion_tokens,
+        "latency_ms": message.latency_ms,
+        "model_version": message.model_version,
+        "created_at": message.created_at,
+    }
 
 
 def _message(row: MessageRow) -> Message:
@@ -298,13 +370,24 @@ def _ignore_events(events: Sequence[Event]) -> None:
     return None
 
 
-def _event_row(event: Event) -> EventRow:
+# Core, not ORM objects: events are only ever inserted, and the unit of work around an ORM object (state
+# tracking, flush ordering) cost more than the insert itself (bench/results/events.json).
+_INSERT_EVENTS = insert(cast(Table, EventRow.__table__))
+
+
+async def insert_events(into: AsyncSession | AsyncConnection, events: Sequence[Event]) -> None:
+    """Add events to a session's or connection's transaction: one INSERT for all of them (executemany)."""
+    if events:
+        await into.execute(_INSERT_EVENTS, [_event_values(event) for event in events])
+
+
+def _event_values(event: Event) -> dict[str, Any]:
     payload = event.payload()
     conversation_id = payload.get("conversation_id")
-    return EventRow(
-        id=event.id,
-        name=event.name,
-        conversation_id=conversation_id if isinstance(conversation_id, str) else None,
-        payload=payload,
-        occurred_at=event.occurred_at,
-    )
+    return {
+        "id": event.id,
+        "name": event.name,
+        "conversation_id": conversation_id if isinstance(conversation_id, str) else None,
+        "payload": payload,
+        "occurred_at": event.occurred_at,
+    }

@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the serving objects on app.state, as `Annotated` aliases for route signatures."""
+"""FastAPI dependencies: the serving objects on app.state, as `Annotated` aliases for route signatures.
+
+They are `async def` although they never await: FastAPI runs a plain `def` dependency in its thread pool,
+a thread hop per dependency per request for an attribute read."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from agentloop.application.tools import ToolRegistry
 from agentloop.bootstrap import Container
 
 
-def get_container(connection: HTTPConnection) -> Container:
+async def get_container(connection: HTTPConnection) -> Container:
     """The container the lifespan built; works for HTTP requests and WebSockets alike."""
     container: Container = connection.app.state.container
     return container
@@ -23,19 +26,19 @@ def get_container(connection: HTTPConnection) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_store(container: ContainerDep) -> SqlStore:
+async def get_store(container: ContainerDep) -> SqlStore:
     return container.store
 
 
-def get_agents(container: ContainerDep) -> AgentService:
+async def get_agents(container: ContainerDep) -> AgentService:
     return container.agents
 
 
-def get_engine(container: ContainerDep) -> InferenceEngine:
+async def get_engine(container: ContainerDep) -> InferenceEngine:
     return container.engine
 
 
-def get_tools(container: ContainerDep) -> ToolRegistry:
+async def get_tools(container: ContainerDep) -> ToolRegistry:
     return container.tools
 
 
