@@ -78,6 +78,21 @@ async def test_each_sequence_samples_with_its_own_seed(batched_llama_engine: Lla
     assert all(r.usage.completion_tokens == 10 for r in replies)
 
 
+async def test_sampled_tool_calls_keep_to_the_grammar(batched_llama_engine: LlamaEngine) -> None:
+    """With temperature the grammar is checked on the drawn token only (a whole-vocabulary pass when it is
+    rejected): the call still parses and fits the schema. (One request: the grammar test above left this
+    prompt in a slot's cache.)"""
+    tool = calculator_tool(timeout_s=5.0)
+    prompt = render_prompt(DEFAULT_SYSTEM_PROMPT, [tool], [Message("", Role.USER, "What is 12*7?")])
+    constraint = decision_constraint([tool], "required")
+
+    request = GenerationRequest(prompt, max_tokens=40, temperature=0.7, seed=5, constraint=constraint)
+    completion = await complete(batched_llama_engine, request)
+    reply = parse_reply(completion.text)
+    assert isinstance(reply, ParsedCall) and reply.call is not None, completion.text
+    jsonschema.validate(reply.call.arguments, tool.parameters)
+
+
 async def test_abandoned_streams_free_their_sequences(batched_llama_engine: LlamaEngine) -> None:
     streams = [batched_llama_engine.stream(GenerationRequest(COUNTING, max_tokens=1000)) for _ in range(4)]
     for stream in streams:

@@ -278,7 +278,8 @@ class _Sequence:
         self.next_token = 0
         self.done = False
         self.chain: Any = None  # a llama.cpp sampler chain (temperature, or the full-vocabulary grammar)
-        self.greedy: Any = None  # the greedy-checked grammar of the serialized path
+        self.greedy: Any = None  # the checked grammar (only the chosen token, whole vocabulary if rejected)
+        self.draw: Any = None  # sampling with temperature under a checked grammar
         self.switch_to_free = False
 
     def begin(self, slot: _Slot, prompt: list[int]) -> None:
@@ -290,12 +291,14 @@ class _Sequence:
         self._samplers(grammar)
 
     def _samplers(self, grammar: Any) -> None:
-        from agentloop.adapters.inference.llama import _Generation, _GreedyGrammar
+        from agentloop.adapters.inference.llama import Draw, _Generation, _GreedyGrammar
 
         C = self.scheduler.C
         req = self.req
-        if grammar is not None and not req.temperature and _Generation.greedy_grammar_check:
+        if grammar is not None and _Generation.greedy_grammar_check:
             self.greedy = _GreedyGrammar(self.scheduler.llm, grammar)
+            if req.temperature:
+                self.draw = Draw(req.temperature, req.top_p, req.seed)
             return
         if grammar is None and not req.temperature:
             return  # plain greedy: the argmax of the logits row
@@ -331,6 +334,12 @@ class _Sequence:
         logits = np.ctypeslib.as_array(
             ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (self.scheduler.n_vocab,)
         )
+        if self.draw is not None:
+            token = int(self.draw(logits))
+            if not self.greedy.allows(token, logits):
+                token = int(self.draw(self.greedy.mask(logits)))
+            self.greedy.accept(token)
+            return token
         if self.greedy is not None:
             logits = self.greedy(None, logits)
         token = int(logits.argmax())
@@ -386,3 +395,4 @@ class _Sequence:
         if self.greedy is not None:
             self.greedy.close()
             self.greedy = None
+        self.draw = None

@@ -452,7 +452,8 @@ class _GreedyGrammar:
     """Grammar enforcement for greedy decoding as a logits processor: check only the token greedy decoding
     would pick, and run the grammar over the whole 262k vocabulary only when that token is rejected (what
     llama.cpp's own common sampler does). Same tokens as the full check, about 3x faster tool calls
-    (bench/results/grammar.json). Sampling with temperature > 0 keeps llama-cpp-python's full grammar."""
+    (bench/results/grammar.json). The batched engine samples with temperature > 0 the same way (`Draw`); the
+    one-sequence path keeps llama-cpp-python's full grammar there."""
 
     def __init__(self, llm: Any, grammar: Any) -> None:
         from llama_cpp import llama_cpp as C
@@ -465,15 +466,23 @@ class _GreedyGrammar:
         self.full_checks = 0
 
     def __call__(self, input_ids: Any, logits: Any) -> Any:
+        if self.allows(int(logits.argmax()), logits):
+            return logits
+        return self.mask(logits)
+
+    def allows(self, token: int, logits: Any) -> bool:
+        """Whether the grammar, in its current state, accepts `token` next (a one-candidate check)."""
+        C = self._c
+        self._one[0] = C.llama_token_data(token, float(logits[token]), 0.0)
+        single = C.llama_token_data_array(self._one, 1, -1, False)
+        C.llama_sampler_apply(self._sampler, ctypes.byref(single))
+        return not math.isinf(self._one[0].logit)
+
+    def mask(self, logits: Any) -> Any:
+        """The logits with every token the grammar rejects set to -inf (the whole-vocabulary pass)."""
         import numpy as np
 
         C = self._c
-        best = int(logits.argmax())
-        self._one[0] = C.llama_token_data(best, float(logits[best]), 0.0)
-        single = C.llama_token_data_array(self._one, 1, -1, False)
-        C.llama_sampler_apply(self._sampler, ctypes.byref(single))
-        if not math.isinf(self._one[0].logit):
-            return logits
         self.full_checks += 1
         n = len(logits)
         data = (C.llama_token_data * n)()
@@ -490,3 +499,45 @@ class _GreedyGrammar:
 
     def close(self) -> None:
         self._c.llama_sampler_free(self._sampler)
+
+
+class Draw:
+    """Sampling with temperature from a logits row, as llama.cpp's chain does it (nucleus on the raw
+    probabilities, then temperature, then a seeded draw), for a grammar checked like `_GreedyGrammar`: draw,
+    and only when the grammar rejects the token draw again from the logits it allows. Accepting a valid draw
+    and otherwise drawing from the allowed tokens gives exactly the constrained distribution, while the
+    262k-vocabulary grammar pass runs only for rejected draws."""
+
+    CANDIDATES = 512  # the nucleus is looked for among the most likely tokens first
+
+    def __init__(self, temperature: float, top_p: float, seed: int | None) -> None:
+        import numpy as np
+
+        self.temperature = temperature
+        self.top_p = top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: Any) -> int:
+        import numpy as np
+
+        row = np.asarray(logits, dtype=np.float64)
+        top = min(self.CANDIDATES, len(row))
+        candidates = np.argpartition(-row, top - 1)[:top]
+        candidates = candidates[np.argsort(-row[candidates], kind="stable")]
+        if not np.isfinite(row[candidates[0]]):
+            raise InferenceError("no token is allowed here")
+        shifted = row - row[candidates[0]]
+        weights = np.exp(shifted)  # -inf (rejected by the grammar) becomes 0
+        total = weights.sum()
+        if self.top_p < 1.0:
+            cumulative = np.cumsum(weights[candidates]) / total
+            if cumulative[-1] >= self.top_p:
+                kept = candidates[: int(np.searchsorted(cumulative, self.top_p)) + 1]
+            else:  # a flat distribution: the nucleus is wider than the candidates, sort them all
+                order = np.argsort(-row, kind="stable")
+                cumulative = np.cumsum(weights[order]) / total
+                kept = order[: int(np.searchsorted(cumulative, self.top_p)) + 1]
+        else:
+            kept = np.flatnonzero(weights > 0)
+        scaled = np.exp(shifted[kept] / self.temperature)
+        return int(kept[self.rng.choice(len(kept), p=scaled / scaled.sum())])
