@@ -29,6 +29,7 @@ from openai import OpenAI
 from websockets.sync.client import connect
 
 from agentloop.settings import Settings
+from conftest import MODEL_THREADS
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -67,9 +68,14 @@ def free_port() -> int:
 
 
 def process_env(data_dir: Path, cache_dir: Path) -> dict[str, str]:
-    """The caller's environment without its AGENTLOOP_* settings, pointed at `data_dir`."""
+    """The caller's environment without its AGENTLOOP_* settings, pointed at `data_dir`, on the tests' number
+    of model threads (MODEL_THREADS in tests/conftest.py)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AGENTLOOP_")}
-    env.update(AGENTLOOP_DATA_DIR=str(data_dir), AGENTLOOP_CACHE_DIR=str(cache_dir))
+    env.update(
+        AGENTLOOP_DATA_DIR=str(data_dir),
+        AGENTLOOP_CACHE_DIR=str(cache_dir),
+        AGENTLOOP_N_THREADS=str(MODEL_THREADS),
+    )
     return env
 
 
