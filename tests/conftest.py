@@ -112,6 +112,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # ----------------------------------------------------------------------------------------------------------
 
 MODEL_N_CTX = 2048
+# One llama.cpp (and torch) thread in every test engine and server. On 2 cores shared with other work,
+# llama.cpp's second thread spins at each barrier waiting for a descheduled partner: measured at a load
+# average of ~5, test_agent_real_model.py's turn took 105-122 s on 2 threads and 8-10 s on 1. On an idle
+# machine 2 threads would be somewhat faster; 1 keeps the suite's time steady whatever else runs.
+MODEL_THREADS = 1
 
 
 def model_unavailable(reason: str) -> NoReturn:
@@ -137,7 +142,7 @@ def model_file() -> ModelFile:
 @pytest.fixture(scope="session")
 async def llama_engine(model_file: ModelFile) -> AsyncIterator[LlamaEngine]:
     """One loaded engine for the session: loading is cheap, but the tests share its KV cache and queue."""
-    engine = LlamaEngine(model_file.path, n_ctx=MODEL_N_CTX, n_threads=os.cpu_count() or 1)
+    engine = LlamaEngine(model_file.path, n_ctx=MODEL_N_CTX, n_threads=MODEL_THREADS)
     await engine.start()
     try:
         yield engine
@@ -148,7 +153,7 @@ async def llama_engine(model_file: ModelFile) -> AsyncIterator[LlamaEngine]:
 @pytest.fixture(scope="session")
 async def batched_llama_engine(model_file: ModelFile) -> AsyncIterator[LlamaEngine]:
     """The same model with continuous batching: up to 4 sequences decoded together in one llama.cpp batch."""
-    engine = LlamaEngine(model_file.path, n_ctx=MODEL_N_CTX, n_threads=os.cpu_count() or 1, max_parallel=4)
+    engine = LlamaEngine(model_file.path, n_ctx=MODEL_N_CTX, n_threads=MODEL_THREADS, max_parallel=4)
     await engine.start()
     try:
         yield engine
@@ -167,6 +172,7 @@ def model_settings(model_file: ModelFile) -> Callable[[Path], Settings]:
             database_url=None,
             model_path=None,
             n_ctx=MODEL_N_CTX,
+            n_threads=MODEL_THREADS,
             _env_file=None,
         )
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MODEL_THREADS
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -175,7 +177,7 @@ def start_llama_server(model: Path, port: int, log: Path) -> subprocess.Popen[by
         "--n_ctx",
         "2048",
         "--n_threads",
-        str(os.cpu_count() or 1),
+        str(MODEL_THREADS),
         "--verbose",
         "False",
     ]

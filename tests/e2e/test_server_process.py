@@ -1,7 +1,12 @@
 """The real thing from outside: `agentloop serve` as a subprocess with the real model and SQLite, driven by
 the official OpenAI client, a WebSocket client, plain HTTP and the `agentloop ask` CLI in another process.
 
-Each server's output goes to a log file in its temporary directory; failures quote its tail."""
+Each server's output goes to a log file in its temporary directory; failures quote its tail.
+
+The native turns use agents made through the API with only the tools they need: a calculator-only agent's
+prompt is ~300 tokens where the default agent's (all tools) is ~1,100, and every new process (the CLI, a
+restarted server) prefills its prompt from scratch. The default agent's full turn is covered in-process
+(tests/integration/test_agent_real_model.py) and through the web page (test_web_browser.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from openai import OpenAI
 from websockets.sync.client import connect
 
 from agentloop.settings import Settings
+from conftest import MODEL_THREADS
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -62,9 +68,14 @@ def free_port() -> int:
 
 
 def process_env(data_dir: Path, cache_dir: Path) -> dict[str, str]:
-    """The caller's environment without its AGENTLOOP_* settings, pointed at `data_dir`."""
+    """The caller's environment without its AGENTLOOP_* settings, pointed at `data_dir`, on the tests' number
+    of model threads (MODEL_THREADS in tests/conftest.py)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AGENTLOOP_")}
-    env.update(AGENTLOOP_DATA_DIR=str(data_dir), AGENTLOOP_CACHE_DIR=str(cache_dir))
+    env.update(
+        AGENTLOOP_DATA_DIR=str(data_dir),
+        AGENTLOOP_CACHE_DIR=str(cache_dir),
+        AGENTLOOP_N_THREADS=str(MODEL_THREADS),
+    )
     return env
 
 
@@ -137,7 +148,9 @@ def start_server(data_dir: Path, cache_dir: Path, name: str = "server") -> Serve
                 "--port",
                 str(port),
             ],
-            env=process_env(data_dir, cache_dir),
+            # No training worker beside these servers (one process less to start on 2 cores): the worker
+            # is exercised by test_web_browser.py and test_replicas.py.
+            env=process_env(data_dir, cache_dir) | {"AGENTLOOP_EMBEDDED_WORKER": "false"},
             cwd=data_dir.parent,  # no developer .env file is picked up
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -219,12 +232,32 @@ def oai(server: Server) -> Iterator[OpenAI]:
         yield client
 
 
-def new_conversation(server: Server, title: str) -> str:
+def new_agent(server: Server, name: str, tools: list[str], max_tokens: int) -> str:
     response = httpx.post(
-        f"{server.url}/api/v1/conversations", json={"title": title}, headers=server.headers, timeout=10
+        f"{server.url}/api/v1/agents",
+        json={"name": name, "allowed_tools": tools, "max_tokens": max_tokens},
+        headers=server.headers,
+        timeout=10,
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+def new_conversation(server: Server, title: str, agent_id: str | None = None) -> str:
+    response = httpx.post(
+        f"{server.url}/api/v1/conversations",
+        json={"title": title, "agent_id": agent_id},
+        headers=server.headers,
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def calculator_agent(server: Server) -> str:
+    """An agent with the calculator only (a ~300-token prompt) and replies capped at 48 tokens."""
+    return new_agent(server, "calculator", ["calculator"], 48)
 
 
 def get_conversation(server: Server, conversation_id: str) -> dict[str, Any]:
@@ -290,8 +323,10 @@ def test_openai_client_streams_chunks_and_a_finish_reason(oai: OpenAI) -> None:
 # --- native API: WebSocket, and the CLI beside the server ---------------------------------------------------
 
 
-def test_websocket_turn_streams_the_calculator_step_and_the_answer(server: Server) -> None:
-    conversation_id = new_conversation(server, "websocket")
+def test_websocket_turn_streams_the_calculator_step_and_the_answer(
+    server: Server, calculator_agent: str
+) -> None:
+    conversation_id = new_conversation(server, "websocket", calculator_agent)
     url = f"ws://127.0.0.1:{server.port}/api/v1/conversations/{conversation_id}/ws?access_token={server.key}"
     events: list[dict[str, Any]] = []
     with connect(url, open_timeout=10) as socket_:
@@ -314,9 +349,23 @@ def test_websocket_turn_streams_the_calculator_step_and_the_answer(server: Serve
     assert stored[-1]["id"] == events[-1]["message_id"]
 
 
-def test_cli_ask_runs_beside_the_server_on_the_same_data_dir(server: Server, cache_dir: Path) -> None:
+def test_cli_ask_runs_beside_the_server_on_the_same_data_dir(
+    server: Server, cache_dir: Path, calculator_agent: str
+) -> None:
+    """The CLI continues (`-c`) a conversation the server made, with the server's calculator agent; that a
+    conversation the CLI starts is stored with source "cli" is checked in tests/e2e/test_cli_inprocess.py."""
+    conversation_id = new_conversation(server, "cli", calculator_agent)
     done = subprocess.run(
-        [*agentloop_command(), "--data-dir", str(server.data_dir), "ask", "What is 1234 * 5678?", "--json"],
+        [
+            *agentloop_command(),
+            "--data-dir",
+            str(server.data_dir),
+            "ask",
+            "What is 1234 * 5678?",
+            "--json",
+            "-c",
+            conversation_id,
+        ],
         env=process_env(server.data_dir, cache_dir),
         cwd=server.data_dir.parent,
         capture_output=True,
@@ -330,9 +379,10 @@ def test_cli_ask_runs_beside_the_server_on_the_same_data_dir(server: Server, cac
     assert turn["steps"][0]["result"] == "7006652"
     assert "7006652" in turn["answer"]
     # The CLI wrote to the database the server uses; the server reads it back.
-    stored = get_conversation(server, turn["conversation_id"])
+    assert turn["conversation_id"] == conversation_id
+    stored = get_conversation(server, conversation_id)
     assert stored["messages"][-1]["id"] == turn["message_id"]
-    assert stored["source"] == "cli"
+    assert stored["agent_id"] == calculator_agent
 
 
 # --- restart ------------------------------------------------------------------------------------------------
@@ -341,8 +391,8 @@ def test_cli_ask_runs_beside_the_server_on_the_same_data_dir(server: Server, cac
 def test_conversations_survive_a_server_restart(launch: Callable[[Path], Server], tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = launch(data_dir)
-    conversation_id = new_conversation(first, "restart")
-    # A greeting is answered without a tool call: the cheapest full turn.
+    # An agent without tools and with replies of a few tokens: the cheapest full turn.
+    conversation_id = new_conversation(first, "restart", new_agent(first, "short", [], 8))
     response = httpx.post(
         f"{first.url}/api/v1/conversations/{conversation_id}/messages",
         json={"content": "Hi! Who are you?"},

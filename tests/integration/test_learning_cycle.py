@@ -1,30 +1,42 @@
 """One tiny real learning cycle on the real 270M model: conversations + corrections -> dataset -> LoRA
 (2 steps, subprocess) -> GGUF adapter -> evaluation of both versions -> gate -> registry -> hot swap; then
-promote / rollback while requests are running, with no failed request."""
+promote / rollback while requests are running, with no failed request.
+
+Kept cheap for 2 shared cores: the turns use an agent with the calculator only (a ~300-token prompt instead
+of the default agent's ~1,100, which every hot swap makes the engine prefill again) and model calls are
+capped at 48 tokens, the evaluation's included (the base model answers one held-out item with 256 tokens of
+digits otherwise). What the cycle does with each stage does not depend on the answers' length."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agentloop.adapters import learning as learning_adapters
 from agentloop.adapters.learning import EngineEvaluator
+from agentloop.application.learning.evaluation import EvalSettings
 from agentloop.bootstrap import bootstrap
 from agentloop.domain.learning import BASE_VERSION, Feedback, JobStatus, Rating, VersionStatus
-from agentloop.domain.model import Conversation, Role
+from agentloop.domain.model import Agent, Conversation, ModelConfig, Role
 from agentloop.settings import Settings
 
 pytestmark = [pytest.mark.model, pytest.mark.training, pytest.mark.timeout(900)]
 
-QUESTIONS = ["What is 12*7?", "What is 250 / 4?", "What is 99 * 3?", "What is 45 + 17?"]
+QUESTIONS = ["What is 12*7?", "What is 250 / 4?"]  # 2 turns: 4 examples (tool call + answer each)
+MAX_TOKENS = 48  # a calculator call is ~30 tokens
 
 
 async def test_a_tiny_cycle_trains_gates_registers_and_hot_swaps(
-    model_settings: Callable[[Path], Settings], tmp_path: Path
+    model_settings: Callable[[Path], Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(
+        learning_adapters, "EvalSettings", functools.partial(EvalSettings, max_tokens=MAX_TOKENS, max_steps=2)
+    )
     settings = model_settings(tmp_path).model_copy(
         update={
             "train_max_steps": 2,
@@ -38,8 +50,10 @@ async def test_a_tiny_cycle_trains_gates_registers_and_hot_swaps(
         }
     )
     async with bootstrap(settings, follow_versions=False) as container:
+        agent = Agent("cycle", ModelConfig(max_tokens=MAX_TOKENS), allowed_tools=("calculator",), max_steps=2)
+        await container.store.create_agent(agent)
         for question in QUESTIONS:
-            conversation = Conversation(container.default_agent.id)
+            conversation = Conversation(agent.id)
             await container.store.create_conversation(conversation)
             outcome = await container.agents.ask(conversation.id, question)
             await container.learning_store.add_feedback(
@@ -67,20 +81,22 @@ async def test_a_tiny_cycle_trains_gates_registers_and_hot_swaps(
         assert "evaluation" in version.metrics and "serving_evaluation" in version.metrics
         assert container.engine.model_version == version.id
 
-        conversation = Conversation(container.default_agent.id)
+        # Served by the new version: a turn of an agent without tools, a few tokens long.
+        short = Agent("short", ModelConfig(max_tokens=4))
+        await container.store.create_agent(short)
+        conversation = Conversation(short.id)
         await container.store.create_conversation(conversation)
-        answered = await container.agents.ask(conversation.id, "What is 6*7?")
+        answered = await container.agents.ask(conversation.id, "Hello!")
         assert answered.message.model_version == version.id
 
-        await swap_under_load(container, version.id)
+        await swap_under_load(container, agent, version_id=version.id)
 
 
-async def swap_under_load(container: object, version_id: str) -> None:
+async def swap_under_load(container: object, agent: Agent, version_id: str) -> None:
     """Promote and roll back while turns are running: none fails, each records the version that answered."""
     registry = container.registry  # type: ignore[attr-defined]
     agents = container.agents  # type: ignore[attr-defined]
     store = container.store  # type: ignore[attr-defined]
-    agent = container.default_agent  # type: ignore[attr-defined]
 
     async def one_turn(text: str) -> str:
         conversation = Conversation(agent.id)

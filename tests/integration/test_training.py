@@ -231,7 +231,8 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_adapter(
 def test_should_stop_cancels_after_a_checkpoint(spec_for: Any, tmp_path: Path) -> None:
     from agentloop.adapters.training.lora import train_lora
 
-    spec = spec_for(tmp_path / "run", checkpoint_every=100)
+    # Short sequences (the end of the prompt and the whole completion): the steps only have to happen.
+    spec = spec_for(tmp_path / "run", checkpoint_every=100, max_seq_len=64)
     polls = iter([False, False, True])
     result = train_lora(spec, should_stop=lambda: next(polls))
     assert (result.status, result.steps) == ("cancelled", 2)
