@@ -102,10 +102,15 @@ class Settings(BaseSettings):
         description="GroupThink: persona texts appended to sample i's system prompt ('|'-separated).",
     )
     improve_label_per_cycle: int = Field(
-        12, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
+        24, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
     )
     improve_max_steps: int = Field(
         16, ge=1, description="`agentloop improve`: optimizer steps per cycle (sized for 2 cores, 30 min)."
+    )
+    improve_max_epochs: float = Field(
+        3.0,
+        ge=0,
+        description="`agentloop improve`: caps the steps at this many passes over the labels (0 = no cap).",
     )
     improve_learning_rate: float = Field(
         5e-4, gt=0, description="`agentloop improve`: LoRA learning rate (few examples, few steps)."

@@ -84,6 +84,7 @@ async def _improve(
         training = {
             "max_steps": max_steps or settings.improve_max_steps,
             "learning_rate": settings.improve_learning_rate,
+            "max_epochs": settings.improve_max_epochs,
         }
         gt = container.labeler.groupthink.config
         described = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,18 @@ class DatasetSummary:
     train_examples: int
     validation_examples: int
     counts: Mapping[str, int] = field(default_factory=dict)
+
+
+def capped_steps(params: Mapping[str, Any], train_examples: int) -> dict[str, Any]:
+    """With `max_epochs` set, `max_steps` is capped at that many passes over the training examples: a few
+    self-labeled examples trained for a fixed step count are seen twenty times over, the loss goes to 0 and
+    the model forgets what it could do before (a measured improve run: files 50% -> 0%)."""
+    epochs = float(params.get("max_epochs") or 0)
+    if epochs <= 0 or "max_steps" not in params or train_examples <= 0:
+        return dict(params)
+    batch = max(1, int(params.get("batch_size", 1)))
+    cap = max(1, math.ceil(epochs * train_examples / batch))
+    return {**params, "max_steps": min(int(params["max_steps"]), cap)}
 
 
 @dataclass(frozen=True)
@@ -223,7 +236,9 @@ class _Cycle:
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.service.config.hyperparameters, **self.job.params}
+        params = {**self.service.config.hyperparameters, **self.job.params}
+        examples = self.job.progress.get("examples")
+        return capped_steps(params, int(examples)) if examples else params
 
     async def _train(self, dataset: DatasetSummary) -> TrainOutcome:
         out = self.service.config.data_dir / "adapters" / self.job.id
