@@ -1,13 +1,14 @@
 #!/bin/bash
-cd /work/wt-gt
-export PYTHONPATH=/work/wt-gt/src
-export AGENTLOOP_N_THREADS=1
-export AGENTLOOP_GROUPTHINK_SAMPLES=3
-export AGENTLOOP_GROUPTHINK_MAX_TOKENS=64
-export AGENTLOOP_EVAL_MAX_ITEMS_PER_SUITE=2
-export AGENTLOOP_TRAIN_BATCH_SIZE=2
-export AGENTLOOP_TRAIN_LEARNING_RATE=0.0005
+# The measured run in improve.md: `agentloop improve --cycles 2 --json` on a fresh data directory with every
+# setting at its default (2 llama.cpp threads on a 2-core Intel Xeon, nothing else running), then the base
+# and the promoted version scored on every held-out item (eval-*.json; one thread each, side by side).
+set -u
+DATA=${DATA:-/tmp/imp2/data}
 date -u
-/usr/bin/time -v /work/main/.venv/bin/agentloop --data-dir /tmp/gt-run improve --cycles 2 --label 10 --max-steps 12 --json > /tmp/gt-run/improve-stdout.json 2> /tmp/gt-run/improve-stderr.log
+/usr/bin/time -v agentloop --data-dir "$DATA" improve --cycles 2 --json > improve-stdout.json 2> improve-stderr.log
 echo "rc=$?"
 date -u
+for version in base v1; do
+    AGENTLOOP_N_THREADS=1 agentloop --data-dir "$DATA" eval --version "$version" --json > "eval-$version.json" &
+done
+wait
