@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, insert, select, update
@@ -28,6 +28,15 @@ from agentloop.domain.model import (
 from agentloop.errors import NotFoundError, StorageError, ValidationError
 
 
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Driver and connection errors surface as StorageError (naming only the error's type)."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"database error: {type(exc).__name__}") from exc
+
+
 class SessionStore:
     """Base of the SQL stores: sessions whose driver errors surface as StorageError."""
 
@@ -38,33 +47,27 @@ class SessionStore:
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
-        try:
+        with _database_errors():
             async with self._sessions() as session:
                 yield session
-        except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(f"database error: {type(exc).__name__}") from exc
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
         """A plain connection for Core reads, without an ORM session's bookkeeping (the hot reads: a list
         page, the revocation counter). Anything not committed is rolled back when the block ends."""
         engine: AsyncEngine = self._sessions.kw["bind"]
-        try:
+        with _database_errors():
             async with engine.connect() as connection:
                 yield connection
-        except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(f"database error: {type(exc).__name__}") from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A plain connection in a transaction, committed when the block ends (rolled back on an error):
         for writes of Core statements, without an ORM session's bookkeeping around them."""
         engine: AsyncEngine = self._sessions.kw["bind"]
-        try:
+        with _database_errors():
             async with engine.begin() as connection:
                 yield connection
-        except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(f"database error: {type(exc).__name__}") from exc
 
 
 class SqlStore(SessionStore):
@@ -169,7 +172,7 @@ class SqlStore(SessionStore):
             else:
                 # Past the end (or limit 0) the window saw no rows: count on their own.
                 total = await connection.scalar(count) or 0
-            return [_conversation_of(row) for row in rows], total
+            return [_conversation(row, []) for row in rows], total
 
     async def delete_conversation(self, conversation_id: str) -> None:
         """Delete a conversation and (by cascade) its messages; NotFoundError if there is none."""
@@ -282,7 +285,8 @@ def _conversation_row(conversation: Conversation) -> ConversationRow:
     )
 
 
-def _conversation(row: ConversationRow, messages: list[Message]) -> Conversation:
+def _conversation(row: Any, messages: list[Message]) -> Conversation:
+    """A conversation from a ConversationRow, or from a Core row of `_CONVERSATION_COLUMNS` (same names)."""
     return Conversation(
         id=row.id,
         agent_id=row.agent_id,
@@ -311,20 +315,6 @@ _CONVERSATION_PAGE = select(*_CONVERSATION_COLUMNS, func.count().over().label("t
     ConversationRow.updated_at.desc(), ConversationRow.id.desc()
 )
 _CONVERSATION_COUNT = select(func.count()).select_from(ConversationRow)
-
-
-def _conversation_of(row: Any) -> Conversation:
-    """A conversation without messages from a row of `_CONVERSATION_COLUMNS`."""
-    return Conversation(
-        id=row.id,
-        agent_id=row.agent_id,
-        title=row.title,
-        source=row.source,
-        messages=[],
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        owner_id=row.owner_id,
-    )
 
 
 _INSERT_MESSAGES = insert(cast(Table, MessageRow.__table__))
