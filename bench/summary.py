@@ -16,6 +16,7 @@ ORDER = (
     "endpoints",
     "events",
     "training",
+    "gpu_training",
     "swap",
     "cycle",
     "grammar",

@@ -55,7 +55,8 @@ def build_dataset(path: Path, count: int, with_examples: bool = True) -> dict[st
         question = [Message("", Role.USER, item["prompt"])]
         prompt = render_prompt(DEFAULT_SYSTEM_PROMPT, tools, question, with_examples=with_examples)
         arithmetic = re.fullmatch(r"What is (.+)\?", item["prompt"])
-        if item.get("expected_call", {}).get("name") == "calculator" and arithmetic:
+        call = item.get("expected_call")  # a dict, a list (multi-step items) or null
+        if isinstance(call, dict) and call.get("name") == "calculator" and arithmetic:
             turn = render_tool_call(ToolCall("calculator", {"expression": arithmetic.group(1)}))
         else:
             value = (item.get("expected_answer") or {}).get("value", "I do not know")
