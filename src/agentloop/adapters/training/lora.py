@@ -3,7 +3,9 @@ Imported by the training subprocess only (torch)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import math
 import random
 import re
 import resource
@@ -187,6 +189,7 @@ class TrainLoop:
         hf: Any = model.get_base_model()
         self.decoder, self.head = hf.get_decoder(), hf.get_output_embeddings()
         self.softcap = getattr(hf.config.get_text_config(), "final_logit_softcapping", None)
+        self.quantized = bool(getattr(hf, "is_loaded_in_4bit", False))  # NF4 computes in bf16 already
 
     def run(
         self, train: Sequence[Encoded], schedule: Schedule, on_progress: Progress, stop: Callable[[], bool]
@@ -212,10 +215,12 @@ class TrainLoop:
 
     def step(self, batch: Batch) -> None:
         tick = time.monotonic()
-        loss_sum, targets = self.loss(batch)
+        with self.autocast():
+            loss_sum, targets = self.loss(batch)
         loss: Any = loss_sum / targets
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {self.state.step + 1}")
+        value = float(loss.item())  # one device sync a step, before the backward pass
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at step {self.state.step + 1}")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm
@@ -223,7 +228,6 @@ class TrainLoop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = float(loss.item())
         state = self.state
         state.step += 1
         state.first_loss = value if state.first_loss is None else state.first_loss
@@ -233,6 +237,13 @@ class TrainLoop:
         state.padded_tokens += batch.padded_tokens
         self.run_tokens += batch.tokens
         self.run_seconds += time.monotonic() - tick
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on CUDA, as the Trainer's `bf16=True` does: PEFT keeps the LoRA weights in float32
+        beside a bf16 (or NF4) base, and without it every adapter product runs in float32. CPU: float32."""
+        if self.device == "cuda" and not self.quantized:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over completion tokens. The LM head (640 x 262k for Gemma 3 270M, as costly as
@@ -258,7 +269,8 @@ class TrainLoop:
         order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
         size = self.spec.batch_size
         for start in range(0, len(order), size):
-            loss_sum, targets = self.loss(collate(examples, order[start : start + size], self.pad_id))
+            with self.autocast():
+                loss_sum, targets = self.loss(collate(examples, order[start : start + size], self.pad_id))
             total, count = total + float(loss_sum), count + targets
         self.model.train()
         return total / count
