@@ -310,6 +310,7 @@ def build_groupthink(
         store,
         max_tokens=settings.max_tokens,
         max_steps=settings.max_steps,
+        coaching_limit=settings.groupthink_demonstrations,
     )
     return GroupThinkService(groupthink, store), labeler
 

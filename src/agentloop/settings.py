@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     eval_max_items_per_suite: int = Field(
         0, ge=0, description="Held-out items per suite the gate runs (0 = all); fewer is faster, noisier."
     )
-    groupthink_samples: int = Field(3, ge=1, le=16, description="GroupThink: samples that answer and vote.")
+    groupthink_samples: int = Field(
+        5, ge=1, le=16, description="GroupThink: samples that answer and vote (decoded side by side)."
+    )
     groupthink_temperature: float = Field(
         0.3,
         ge=0,
@@ -83,7 +85,7 @@ class Settings(BaseSettings):
         description="GroupThink: sampling temperature of each sample (the 270M model rarely agrees at 0.7).",
     )
     groupthink_min_support: int = Field(
-        2, ge=1, description="GroupThink: samples that must give the winning answer for a label."
+        3, ge=1, description="GroupThink: samples that must give the winning answer for a label."
     )
     groupthink_threshold: float = Field(
         0.6, gt=0, le=1, description="GroupThink: agreement a consensus needs to become a training label."
@@ -101,8 +103,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="GroupThink: persona texts appended to sample i's system prompt ('|'-separated).",
     )
+    groupthink_demonstrations: int = Field(
+        3,
+        ge=0,
+        description="GroupThink labeling: worked demonstrations the samples see before each practice prompt "
+        "(left out of the stored label, so training distills them; 0 = none).",
+    )
     improve_label_per_cycle: int = Field(
-        24, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
+        32, ge=1, description="`agentloop improve`: prompts GroupThink labels per cycle."
     )
     improve_max_steps: int = Field(
         16, ge=1, description="`agentloop improve`: optimizer steps per cycle (sized for 2 cores, 30 min)."
@@ -116,7 +124,7 @@ class Settings(BaseSettings):
         5e-4, gt=0, description="`agentloop improve`: LoRA learning rate (few examples, few steps)."
     )
     improve_eval_items_per_suite: int = Field(
-        2, ge=0, description="`agentloop improve`: held-out items per suite its gate runs (0 = all)."
+        4, ge=0, description="`agentloop improve`: held-out items per suite its gate runs (0 = all)."
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of text.")

@@ -23,6 +23,7 @@ from agentloop.application.groupthink import (
     canonical_text,
     canonical_value,
     claim_of,
+    exemplary,
     vote,
     vote_key,
 )
@@ -411,3 +412,50 @@ def test_a_number_from_nowhere_is_ungrounded() -> None:
     # Two samples agreeing on an invented number are no label.
     invented = [sample(i, "31 (17 * 29) = 31.", wrote) for i in range(3)]
     assert not vote(invented, question).passes(0.5)
+
+
+def test_a_turn_must_act_on_the_file_the_text_and_the_numbers_the_question_names() -> None:
+    question = "Save 'tea' to drinks.txt."
+    right = sample(0, "Saved.", step("write_file", output="wrote 3 bytes", path="drinks.txt", content="tea"))
+    assert right.uses_question(question)
+    # Copied from a demonstration: the wrong file, the wrong text, or no call at all.
+    assert not sample(0, "Saved.", step("write_file", path="drink.txt", content="tea")).uses_question(
+        question
+    )
+    assert not sample(0, "Saved.", step("write_file", path="drinks.txt", content="te")).uses_question(
+        question
+    )
+    assert not sample(0, "I saved 'tea' to drinks.txt.").uses_question(question)
+    # Quoted text may be in the answer instead ("tell me what it says"); apostrophes are no quotes.
+    told = sample(0, "It says 'hi'.", step("read_file", output="hi", path="a.txt"))
+    assert told.uses_question("What's in a.txt? Does it say 'hi'?")
+    dates = "How many days are between 2022-11-11 and 2023-01-01?"
+    itself = "from datetime import date\nprint((date(2022, 11, 11) - date(2022, 11, 11)).days)"
+    between = "from datetime import date\nprint((date(2023, 1, 1) - date(2022, 11, 11)).days)"
+    assert not sample(0, "0 days.", step("python", output="0", code=itself)).uses_question(dates)
+    assert sample(0, "51 days.", step("python", output="51", code=between)).uses_question(dates)
+    # A parenthesised remark is no operand; a parenthesised sum is.
+    year_day = step("python", output="61", code="print(date(2020, 3, 1).timetuple().tm_yday)")
+    assert sample(0, "Day 61.", year_day).uses_question("What day of the year (1 to 366) is 2020-03-01?")
+    partial = step("calculator", output="341", expression="31 * 11")
+    assert not sample(0, "341.", partial).uses_question("What is (31 + 19) * 11?")
+    # A tool-less turn is not asked for the numbers (a direct answer may mention a year).
+    assert sample(0, "France won in 2018.").uses_question("Who won the World Cup in 2018?")
+    # A vote won by copies teaches nothing.
+    copies = [sample(i, "Saved.", step("write_file", path="drink.txt", content="tea")) for i in range(3)]
+    assert not vote(copies, question).passes(0.5)
+
+
+@given(st.text(max_size=80), st.text(max_size=40))
+def test_uses_question_never_fails(question: str, argument: str) -> None:
+    turn = sample(0, argument, step("write_file", path=argument, content=argument))
+    assert isinstance(turn.uses_question(question), bool)
+    assert sample(0, None).uses_question(question) in (True, False)
+
+
+def test_an_answer_that_reports_what_the_file_says_teaches_even_if_the_question_said_it() -> None:
+    question = "Write 'la la' to song.txt, then read the file back and tell me what it says."
+    wrote = step("write_file", output="wrote 5 bytes to song.txt", path="song.txt", content="la la")
+    read = step("read_file", output="la la", path="song.txt")
+    assert exemplary(sample(0, "The file says: la la", wrote, read), question)
+    assert not exemplary(sample(0, "The file says it.", wrote, read), question)

@@ -10,16 +10,28 @@ from typing import Any
 
 import pytest
 
-from agentloop.application.groupthink import GroupThink, GroupThinkConfig
+from agentloop.adapters.tools import builtin_tools
+from agentloop.application.groupthink import GroupThink, GroupThinkConfig, Sample, exemplary
 from agentloop.application.learning.dataset import ConversationForTraining, Signal, examples_from
 from agentloop.application.learning.evaluation import load_suites, suite_names
 from agentloop.application.learning.improve import Improve, ImproveReport, Score, markdown
-from agentloop.application.learning.labeling import Labeler, PracticePrompt, interleaved, load_curriculum
+from agentloop.application.learning.labeling import (
+    Demonstration,
+    Labeler,
+    PracticePrompt,
+    as_history,
+    borrows,
+    coaching,
+    interleaved,
+    load_curriculum,
+    load_demonstrations,
+)
 from agentloop.application.tools import Tool, ToolContext, ToolRegistry
 from agentloop.domain.events import ConsensusReached, Event
 from agentloop.domain.learning import JobStatus, ModelVersion, TrainingJob, VersionStatus
-from agentloop.domain.model import Agent
+from agentloop.domain.model import Agent, Message, Role, ToolCall, ToolResult
 from agentloop.errors import InferenceError, ValidationError
+from agentloop.settings import Settings
 from fakes import FakeEngine, FakeStore
 
 # --- the curriculum -----------------------------------------------------------------------------------------
@@ -52,6 +64,146 @@ def test_curriculum_covers_every_suite_and_orders_tools_like_the_evaluation() ->
 def test_a_bad_curriculum_line_is_refused(line: str) -> None:
     with pytest.raises(ValidationError, match=r"curriculum\.jsonl:1"):
         load_curriculum(line)
+
+
+# --- the coaching demonstrations ----------------------------------------------------------------------------
+
+
+def test_demonstrations_are_no_evaluation_or_practice_prompt_and_cover_every_suite() -> None:
+    demonstrations = load_demonstrations()
+    evaluation = {normalised(item.prompt) for item in load_suites(None, split=None)}
+    practice = {normalised(p.prompt) for p in load_curriculum()}
+    overlap = [d.question for d in demonstrations if normalised(d.question) in evaluation | practice]
+    assert overlap == []
+    assert {d.topic for d in demonstrations} >= set(suite_names())
+    assert len({normalised(d.question) for d in demonstrations}) == len(demonstrations)
+
+
+async def test_demonstrations_show_what_the_real_tools_return_and_are_exemplary(tmp_path: Path) -> None:
+    registry = ToolRegistry(builtin_tools(Settings(data_dir=tmp_path / "data")))
+    for number, demonstration in enumerate(load_demonstrations()):
+        workspace = tmp_path / f"w{number}"
+        workspace.mkdir()
+        steps = []
+        for call, shown in demonstration.steps:
+            result = await registry.execute(call, ToolContext("demo", workspace))
+            assert (result.ok, result.output) == (True, shown), demonstration.question
+            steps.append((call, result))
+        turn = Sample(0, tuple(steps), demonstration.answer)
+        assert exemplary(turn, demonstration.question), demonstration.question
+
+
+DEMOS = json.dumps(
+    [
+        {
+            "topic": "arithmetic",
+            "question": "What is 2 * 3?",
+            "answer": "6.",
+            "steps": [{"name": "calculator", "arguments": {"expression": "2 * 3"}, "output": "6"}],
+        },
+        {
+            "topic": "dates",
+            "question": "What day was 2000-01-01?",
+            "answer": "Saturday.",
+            "steps": [{"name": "python", "arguments": {"code": "print(1)"}, "output": "Saturday"}],
+        },
+        {"topic": "direct", "question": "Hi!", "answer": "Hello!", "steps": []},
+        {
+            "topic": "units",
+            "question": "How many minutes are in 2 hours?",
+            "answer": "120.",
+            "steps": [{"name": "calculator", "arguments": {"expression": "2 * 60"}, "output": "120"}],
+        },
+        {
+            "topic": "units",
+            "question": "How many grams are in 2 kilograms?",
+            "answer": "2000.",
+            "steps": [{"name": "calculator", "arguments": {"expression": "2 * 1000"}, "output": "2000"}],
+        },
+    ]
+)
+
+
+def questions(shown: Sequence[Any]) -> list[str]:
+    """The questions of demonstrations, or of the user messages among messages."""
+    return [
+        m.question if isinstance(m, Demonstration) else m.content
+        for m in shown
+        if not isinstance(m, Message) or m.role == Role.USER
+    ]
+
+
+def test_coaching_shows_the_topic_s_most_alike_demonstrations_nearest_the_question() -> None:
+    demos = load_demonstrations(DEMOS)
+    minutes = as_history(coaching("How many minutes are in 9 hours?", "units", ("calculator",), demos, 2))
+    assert questions(minutes) == ["How many grams are in 2 kilograms?", "How many minutes are in 2 hours?"]
+    assert [m.role for m in minutes[4:]] == [Role.USER, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT]
+    assert minutes[5].tool_call is not None and minutes[6].content == "120"
+    # No demonstration of the topic: those the offered tools can follow, tool-less ones included.
+    assert questions(coaching("x", "stored", ("python",), demos, 5)) == ["What day was 2000-01-01?", "Hi!"]
+    assert questions(coaching("x", "dates", ("calculator",), demos, 5)) == [
+        "What is 2 * 3?",
+        "Hi!",
+        "How many minutes are in 2 hours?",
+        "How many grams are in 2 kilograms?",
+    ]
+    assert coaching("x", "units", ("calculator",), demos, 0) == []
+
+
+def test_a_turn_that_reuses_a_demonstration_s_file_or_text_is_a_copy() -> None:
+    shown = load_demonstrations(
+        json.dumps(
+            [
+                {
+                    "topic": "files",
+                    "question": "Write 'buy bread' to errands.txt.",
+                    "answer": "Saved.",
+                    "steps": [
+                        {
+                            "name": "write_file",
+                            "arguments": {"path": "errands.txt", "content": "buy bread"},
+                            "output": "wrote 9 bytes to errands.txt",
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    copied = Sample(0, (), "I saved 'buy bread' to errands.txt.")
+    assert borrows(copied, "Which files do I have?", shown)
+    wrote = ToolCall("write_file", {"path": "errands.txt", "content": "eggs"})
+    own = Sample(0, ((wrote, ToolResult(wrote.id, "write_file", "wrote 4 bytes to errands.txt")),), "Saved.")
+    assert not borrows(own, "Save 'eggs' to errands.txt.", shown)
+    assert not borrows(Sample(0, (), "You have no files."), "Which files do I have?", shown)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '[{"topic": "x"}]',
+        '[{"topic": "x", "question": "q", "answer": "a", "steps": [{"name": "calculator"}]}]',
+    ],
+)
+def test_bad_demonstrations_are_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match=r"demonstrations\.json"):
+        load_demonstrations(text)
+
+
+async def test_samples_see_the_demonstrations_but_the_label_does_not(tmp_path: Path) -> None:
+    good = [call_text(expression="6*7"), "42"]
+    worker = labeler(tmp_path, good * 3)
+    worker.demonstrations = load_demonstrations(DEMOS)
+    worker.coaching_limit = 1
+    report = await worker.label(limit=1)
+    assert report.labeled == 1
+    engine = worker.groupthink.engine
+    assert isinstance(engine, FakeEngine) and engine.requests
+    assert all("What is 2 * 3?" in request.prompt for request in engine.requests)
+    assert isinstance(worker.conversations, FakeAgents)
+    [conversation] = worker.conversations.conversations.values()
+    assert questions(conversation.messages) == ["What is 6*7?"]
+    assert all("2 * 3" not in m.content for m in conversation.messages)
 
 
 # --- the labeler --------------------------------------------------------------------------------------------

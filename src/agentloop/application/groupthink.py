@@ -57,6 +57,11 @@ it its it's let me my of on or result so that the their then there these this th
 will with you your yes ok okay sure here value gives get got
 """
 STOPWORDS = frozenset(_FUNCTION_WORDS.split())
+# What a question names that a turn must act on: file names ("notes/week1.txt") and quoted text ('tea').
+_FILE_NAME = re.compile(r"[\w/-]*\w\.[A-Za-z][A-Za-z0-9]{1,4}\b")
+# A parenthesised remark ("(1 to 366)"), not a parenthesised operand ("(23 + 17) * 13").
+_REMARK = re.compile(r"\([^()+\-*/%^]*\)")
+_QUOTED = re.compile(r"(?<!\w)'([^']+)'(?!\w)|(?<!\w)\"([^\"]+)\"(?!\w)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,6 +220,47 @@ class Sample:
         returned = self.steps[-1][1].output.strip() if self.steps else ""
         return not _NUMBER.fullmatch(returned) or canonical_number(returned) in stated
 
+    def uses_question(self, question: str) -> bool:
+        """The turn acts on what the question names: each file name in it is an argument of a call, each
+        quoted text is in a call's arguments or the answer, and a turn that called tools passed them every
+        number the question gives outside a parenthesised remark ("(1 to 366)"; "(23 + 17)" is an operand).
+        Catches the consensus a weak model reaches by copying: writing drink.txt for "Save 'tea' to
+        drinks.txt", or counting the days from 2022-11-11 to itself."""
+        arguments = " ".join(_strings(call.arguments) for call, _ in self.steps)
+        folded = canonical_text(arguments)
+        if any(canonical_text(name) not in folded for name in _FILE_NAME.findall(question)):
+            return False
+        said = f"{folded} {canonical_text(self.answer or '')}"
+        quoted = [first or second for first, second in _QUOTED.findall(question)]
+        if any(canonical_text(text) not in said for text in quoted):
+            return False
+        return not self.steps or _numbers(_REMARK.sub(" ", question)) <= _numbers(arguments)
+
+    def says(self) -> str:
+        """Everything the turn put into words: its call arguments and its answer, canonical."""
+        arguments = " ".join(_strings(call.arguments) for call, _ in self.steps)
+        return f"{canonical_text(arguments)} {canonical_text(self.answer or '')}"
+
+
+def named_in(text: str) -> set[str]:
+    """The file names and quoted texts `text` names, canonical: what a turn answering it must act on."""
+    quoted = [first or second for first, second in _QUOTED.findall(text)]
+    return {canonical_text(name) for name in [*_FILE_NAME.findall(text), *quoted]}
+
+
+def _reports_result(sample: Sample) -> bool:
+    returned = canonical_text(sample.steps[-1][1].output) if sample.steps else ""
+    return bool(returned) and returned in canonical_text(sample.answer or "")
+
+
+def _strings(value: Any) -> str:
+    """Every scalar inside a call's arguments, as text, space-separated."""
+    if isinstance(value, Mapping):
+        return " ".join(_strings(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return " ".join(_strings(item) for item in value)
+    return str(value)
+
 
 def _call_id(message: Message) -> str | None:
     if message.tool_call is not None:
@@ -285,9 +331,12 @@ def _vote_dict(vote: Vote) -> dict[str, Any]:
 
 
 def exemplary(sample: Sample, question: str) -> bool:
-    """A turn fit to learn from: clean, no repeated call, grounded, and an answer that says something."""
-    answered = sample.answer is not None and adds_to(sample.answer, question)
-    return sample.clean and not sample.repeats and sample.grounded(question) and answered
+    """A turn fit to learn from: clean, no repeated call, grounded, acting on what the question names, and
+    an answer that says something (beyond the question, or what its last tool returned: a file read back
+    may say what the question wrote)."""
+    answered = sample.answer is not None and (adds_to(sample.answer, question) or _reports_result(sample))
+    acted = sample.grounded(question) and sample.uses_question(question)
+    return sample.clean and not sample.repeats and acted and answered
 
 
 def sample_weight(sample: Sample, failed_tool_weight: float, question: str = "") -> float:
@@ -525,6 +574,7 @@ __all__ = [
     "claim_of",
     "consensus_event",
     "exemplary",
+    "named_in",
     "vote",
     "vote_key",
 ]

@@ -98,6 +98,10 @@ async def _improve(
                 "personas": list(gt.personas),
             },
             "curriculum_prompts": len(container.labeler.curriculum),
+            "demonstrations": {
+                "bundled": len(container.labeler.demonstrations),
+                "per_prompt": container.labeler.coaching_limit,
+            },
             "training": {**container.learning.config.hyperparameters, **training},
             "evaluation": {
                 "split": "heldout",

@@ -1,26 +1,40 @@
 """Labels for traffic nobody rated: GroupThink answers each unlabeled prompt (stored user prompts first, then
 the bundled practice curriculum) and a consensus that reaches the threshold with clean tools is stored as a
 conversation (source "groupthink") plus a ConsensusReached event; the dataset builder reads it as signal
-`groupthink` with its agreement. A prompt is tried at most once per model version."""
+`groupthink` with its agreement. A prompt is tried at most once per model version.
+
+Coaching (context distillation): while labeling, the samples see a few worked demonstrations (bundled, written
+here, none of them an evaluation item) as earlier turns of their conversation; the stored label holds only
+the prompt and the winner's turn, so the dataset renders it with the serving prompt and the adapter learns to
+do without the demonstrations what the model does with them. See ADR-0010."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
 
-from agentloop.application.groupthink import GroupThink, adopt, consensus_event
+from agentloop.application.groupthink import (
+    STOPWORDS,
+    GroupThink,
+    Sample,
+    adopt,
+    consensus_event,
+    named_in,
+)
 from agentloop.application.learning.evaluation import BUILTIN_TOOLS, SUITES_FOLDER, SUITES_PACKAGE
 from agentloop.application.ports import ConversationStore
 from agentloop.domain.events import ConsensusReached, Event
-from agentloop.domain.model import Agent, Conversation, ModelConfig, Role
+from agentloop.domain.model import Agent, Conversation, Message, ModelConfig, Role, ToolCall
 from agentloop.errors import AgentLoopError, ValidationError
 
 CURRICULUM_FILE = "curriculum.jsonl"
+DEMONSTRATIONS_FILE = "demonstrations.json"
 LabelProgress = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -52,6 +66,92 @@ def load_curriculum(text: str | None = None) -> list[PracticePrompt]:
         if unknown or not prompts[-1].prompt.strip():
             raise ValidationError(f"{CURRICULUM_FILE}:{number}: bad item", field="curriculum")
     return prompts
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A worked example shown to labeling samples: a question, the tool calls that answer it (with the
+    outputs the real tools give, checked by a test) and the final answer."""
+
+    topic: str
+    question: str
+    steps: tuple[tuple[ToolCall, str], ...]
+    answer: str
+
+    @property
+    def tools(self) -> frozenset[str]:
+        return frozenset(call.name for call, _ in self.steps)
+
+    def messages(self) -> list[Message]:
+        turn = [Message("", Role.USER, self.question)]
+        for call, output in self.steps:
+            turn += [
+                Message("", Role.ASSISTANT, tool_call=call),
+                Message("", Role.TOOL, output, tool_call=call),
+            ]
+        return [*turn, Message("", Role.ASSISTANT, self.answer)]
+
+
+def load_demonstrations(text: str | None = None) -> list[Demonstration]:
+    """The bundled coaching demonstrations (`evals/suites/demonstrations.json`)."""
+    if text is None:
+        folder = resources.files(SUITES_PACKAGE).joinpath(SUITES_FOLDER)
+        text = folder.joinpath(DEMONSTRATIONS_FILE).read_text(encoding="utf-8")
+    try:
+        return [
+            Demonstration(
+                str(item["topic"]),
+                str(item["question"]),
+                tuple(
+                    (
+                        ToolCall(str(step["name"]), dict(step["arguments"]), id=f"demo_{n}_{i}"),
+                        str(step["output"]),
+                    )
+                    for i, step in enumerate(item["steps"])
+                ),
+                str(item["answer"]),
+            )
+            for n, item in enumerate(json.loads(text))
+        ]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"{DEMONSTRATIONS_FILE}: {exc}", field="demonstrations") from exc
+
+
+def coaching(
+    question: str,
+    topic: str,
+    tools: Sequence[str],
+    demonstrations: Sequence[Demonstration],
+    limit: int,
+) -> list[Demonstration]:
+    """Up to `limit` demonstrations for `question`: those of its topic when there are any, else those that
+    use only the offered tools (tool-less ones always qualify); the most alike in wording first (shared
+    content words; file order breaks ties). Shown in reverse, the most alike nearest the question."""
+    offered = set(tools)
+    usable = [d for d in demonstrations if d.tools <= offered]
+    pool = [d for d in usable if d.topic == topic] or usable
+    words = _content_words(question)
+    ranked = sorted(pool, key=lambda d: -len(words & _content_words(d.question)))  # stable sort
+    return ranked[: max(limit, 0)]
+
+
+def as_history(demonstrations: Sequence[Demonstration]) -> list[Message]:
+    """The demonstrations as earlier turns of a conversation, the first one nearest the question."""
+    return [message for demo in reversed(demonstrations) for message in demo.messages()]
+
+
+def borrows(sample: Sample, question: str, demonstrations: Sequence[Demonstration]) -> bool:
+    """The turn reuses a file name or quoted text of a demonstration that its own question does not name
+    (listing the files answered by saving 'buy bread' to errands.txt): a copy, however many samples agree."""
+    own = named_in(question)
+    said = sample.says()
+    return any(
+        name not in own and name in said for demo in demonstrations for name in named_in(demo.question)
+    )
+
+
+def _content_words(text: str) -> set[str]:
+    return set(re.findall(r"[^\W\d_]+", text.casefold())) - STOPWORDS
 
 
 def interleaved(prompts: Sequence[PracticePrompt]) -> list[PracticePrompt]:
@@ -111,6 +211,8 @@ class Labeler:
         curriculum: Sequence[PracticePrompt] | None = None,
         max_tokens: int = 256,
         max_steps: int = 5,
+        demonstrations: Sequence[Demonstration] | None = None,
+        coaching_limit: int = 3,
     ) -> None:
         self.groupthink = groupthink
         self.labels = labels
@@ -118,6 +220,8 @@ class Labeler:
         self.curriculum = list(load_curriculum() if curriculum is None else curriculum)
         self.max_tokens = max_tokens
         self.max_steps = max_steps
+        self.demonstrations = list(load_demonstrations() if demonstrations is None else demonstrations)
+        self.coaching_limit = coaching_limit
 
     async def candidates(self, model_version: str) -> list[PracticePrompt]:
         """Stored prompts then the curriculum, never-tried first, minus those tried on this version."""
@@ -161,12 +265,15 @@ class Labeler:
         """(model calls labeled, agreement); 0 calls when the vote did not pass; None when no sample ran."""
         agent = await self._agent(prompt)
         try:
-            consensus = await self.groupthink.consensus(agent, [], prompt.prompt)
+            offered = prompt.tools or agent.allowed_tools
+            shown = coaching(prompt.prompt, prompt.topic, offered, self.demonstrations, self.coaching_limit)
+            consensus = await self.groupthink.consensus(agent, as_history(shown), prompt.prompt)
         except AgentLoopError:
             return None
         try:
             config = self.groupthink.config
-            if not consensus.passes(config.threshold, config.min_support):
+            passed = consensus.passes(config.threshold, config.min_support)
+            if not passed or borrows(consensus.winner, prompt.prompt, shown):
                 await self.labels.add_events([consensus_event(None, None, consensus, prompt.prompt, False)])
                 return 0, consensus.agreement
             conversation = Conversation(agent.id, title=prompt.prompt[:80], source="groupthink")
@@ -199,9 +306,15 @@ class Labeler:
 
 __all__ = [
     "CURRICULUM_FILE",
+    "DEMONSTRATIONS_FILE",
+    "Demonstration",
     "LabelStore",
     "Labeler",
     "LabelingReport",
     "PracticePrompt",
+    "as_history",
+    "borrows",
+    "coaching",
     "load_curriculum",
+    "load_demonstrations",
 ]
