@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     train_min_interval_s: float = Field(3600.0, ge=0, description="Least time between triggered jobs.")
     train_max_steps: int = Field(60, ge=1, description="Optimizer steps of one training job.")
     train_batch_size: int = Field(4, ge=1, description="Examples per training step.")
+    train_max_batch_tokens: int = Field(
+        2560,
+        ge=0,
+        description="Padded tokens one forward/backward pass holds; a bigger batch is cut into parts that add "
+        "up to the same step (bounds training memory; 0 = whole batches).",
+    )
     train_learning_rate: float = Field(2e-4, gt=0, description="LoRA learning rate.")
     train_lora_r: int = Field(16, ge=1, description="LoRA rank.")
     gate_min_gain: float = Field(

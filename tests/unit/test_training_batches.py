@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentloop.adapters.training.batches import (
     IGNORE_INDEX,
@@ -168,3 +170,21 @@ def test_the_package_top_level_does_not_import_torch() -> None:
     code = "import sys, agentloop.adapters.training.run; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@given(
+    st.lists(st.integers(min_value=2, max_value=60), min_size=1, max_size=12),
+    st.integers(min_value=1, max_value=200),
+)
+def test_parts_hold_every_row_once_within_the_budget(lengths: list[int], budget: int) -> None:
+    examples = [encode([BOS, *range(10, 10 + n - 1)], [20], 64) for n in lengths]
+    batch = collate(examples, list(range(len(examples))), pad_id=0)
+    parts = batch.parts(budget)
+    assert sorted(i for part in parts for i in part.indices) == list(range(len(examples)))
+    assert sum(p.tokens for p in parts) == batch.tokens
+    assert sum(p.target_tokens for p in parts) == batch.target_tokens
+    for part in parts:
+        assert part.padded_tokens <= budget or len(part.indices) == 1
+        widths = {len(row) for rows in (part.input_ids, part.attention_mask, part.labels) for row in rows}
+        assert widths == {max(map(sum, part.attention_mask))}  # padded to its own longest row only
+    assert batch.parts(None) == [batch] and batch.parts(batch.padded_tokens) == [batch]

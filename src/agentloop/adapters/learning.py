@@ -172,6 +172,7 @@ def hyperparameters(settings: Any) -> Mapping[str, Any]:
         "lora_alpha": settings.train_lora_r * 2,
         # The prompt prefix (system text, tools, demonstrations) is ~1,100 tokens: keep it whole.
         "max_seq_len": min(settings.n_ctx, 2048),
+        "max_batch_tokens": settings.train_max_batch_tokens or None,
         "seed": 0,
     }
 

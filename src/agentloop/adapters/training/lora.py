@@ -214,14 +214,20 @@ class TrainLoop:
         )
 
     def step(self, batch: Batch) -> None:
+        """One optimizer step over `batch`, its parts (`max_batch_tokens`) each backpropagated in turn."""
         tick = time.monotonic()
-        with self.autocast():
-            loss_sum, targets = self.loss(batch)
-        loss: Any = loss_sum / targets
-        value = float(loss.item())  # one device sync a step, before the backward pass
-        if not math.isfinite(value):
-            raise TrainingError(f"loss became {value} at step {self.state.step + 1}")
-        loss.backward()
+        targets = batch.target_tokens
+        parts = batch.parts(self.spec.max_batch_tokens)
+        total = 0.0
+        for part in parts:
+            with self.autocast():
+                loss_sum, _ = self.loss(part)
+            value = float(loss_sum.item()) / targets if targets else math.nan  # one device sync a part
+            if not math.isfinite(value):
+                raise TrainingError(f"loss became {value} at step {self.state.step + 1}")
+            (loss_sum / targets).backward()
+            total += value
+        value = total
         torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], self.spec.max_grad_norm
         )
@@ -234,7 +240,7 @@ class TrainLoop:
         state.last_loss = value
         state.tokens_seen += batch.tokens
         state.real_tokens += batch.tokens
-        state.padded_tokens += batch.padded_tokens
+        state.padded_tokens += sum(part.padded_tokens for part in parts)
         self.run_tokens += batch.tokens
         self.run_seconds += time.monotonic() - tick
 

@@ -38,6 +38,9 @@ class TrainSpec:
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = PROJECTIONS
     max_seq_len: int = 512
+    # Padded tokens one forward/backward pass may hold; a bigger batch is cut into parts whose gradients add
+    # up to the same step (None: the whole batch at once). Bounds training's peak memory.
+    max_batch_tokens: int | None = None
     seed: int = 0
     checkpoint_every: int = 50
     threads: int | None = None
