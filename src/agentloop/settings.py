@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     train_max_batch_tokens: int = Field(
         2560,
         ge=0,
-        description="Padded tokens one forward/backward pass holds; a bigger batch is cut into parts that add "
-        "up to the same step (bounds training memory; 0 = whole batches).",
+        description="Padded tokens one forward/backward pass holds; a bigger batch is cut into parts that "
+        "add up to the same step (bounds training memory; 0 = whole batches).",
     )
     train_learning_rate: float = Field(2e-4, gt=0, description="LoRA learning rate.")
     train_lora_r: int = Field(16, ge=1, description="LoRA rank.")

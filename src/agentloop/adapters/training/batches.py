@@ -73,7 +73,7 @@ class Batch:
 
     @property
     def target_tokens(self) -> int:
-        """Positions the loss is taken on: labelled tokens after the first of a row (nothing predicts that)."""
+        """Positions the loss is taken on: labelled tokens after a row's first (nothing predicts that one)."""
         return sum(label != IGNORE_INDEX for row in self.labels for label in row[1:])
 
 
