@@ -225,7 +225,8 @@ class TrainLoop:
             value = float(loss_sum.item()) / targets if targets else math.nan  # one device sync a part
             if not math.isfinite(value):
                 raise TrainingError(f"loss became {value} at step {self.state.step + 1}")
-            (loss_sum / targets).backward()
+            share: Any = loss_sum / targets  # this part's share of the batch's mean loss
+            share.backward()
             total += value
         value = total
         torch.nn.utils.clip_grad_norm_(
