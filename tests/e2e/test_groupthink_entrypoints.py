@@ -23,14 +23,21 @@ CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</t
 CALL_SPACED = '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 2"}}</tool_call>'
 # Samples 0 and 1 call the calculator (written differently) and answer 4; sample 2 guesses 5 (a number no tool
 # gave: it weighs 0.25, so the agreement is 2 / 2.25). The script is
-# answered in call order, so the samples run one after another (max_parallel 1).
+# answered in call order, so the samples run one after another (max_parallel 1), three of them with two to
+# agree (the defaults are 5 and 3).
 SCRIPT = [CALL, "2+2 is 4.", CALL_SPACED, "The answer is 4.", "5"]
 
 
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
     settings = Settings(  # type: ignore[call-arg]
-        data_dir=tmp_path, cache_dir=tmp_path / "cache", _env_file=None, max_parallel=1, **fast_auth()
+        data_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        _env_file=None,
+        max_parallel=1,
+        groupthink_samples=3,
+        groupthink_min_support=2,
+        **fast_auth(),
     )
     app = create_app(settings, engine=FakeEngine(SCRIPT))
     async with app.router.lifespan_context(app):
@@ -75,6 +82,8 @@ def run_cli(tmp_path: Path, *args: str, engine: FakeEngine | None = None) -> Any
         "AGENTLOOP_DATABASE_URL": None,
         "AGENTLOOP_CACHE_DIR": str(tmp_path / "c"),
         "AGENTLOOP_MAX_PARALLEL": "1",
+        "AGENTLOOP_GROUPTHINK_SAMPLES": "3",
+        "AGENTLOOP_GROUPTHINK_MIN_SUPPORT": "2",
     }
     obj = {"engine": engine} if engine is not None else None
     return CliRunner().invoke(cli_app, ["--data-dir", str(tmp_path / "d"), *args], env=env, obj=obj)
