@@ -91,3 +91,13 @@ def test_the_decision_is_json() -> None:
         "serving_accuracy",
         "suite_deltas",
     }
+
+
+def test_one_item_of_a_small_suite_is_noise_two_are_a_regression() -> None:
+    serving = report("old", math=(2, 6), direct=(2, 6), units=(0, 6))
+    one = report("new", math=(6, 6), direct=(1, 6), units=(2, 6))
+    assert decide(one, serving).promote
+    two = report("new", math=(6, 6), direct=(0, 6), units=(2, 6))
+    decision = decide(two, serving)
+    assert not decision.promote
+    assert decision.reasons == ["suite direct regressed by 0.333 (more than 0.167)"]
