@@ -50,9 +50,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from bench.common import REPO_ROOT, RESULTS_DIR, cpu_model, git
+
 CARRY_DIR = REPO_ROOT / ".gpu"  # git-ignored (.git/info/exclude); `run`'s carry names it
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 NAME = "gpu_training"
 
 EXAMPLES = 256  # one epoch = EXAMPLES / BATCH_SIZE steps; every arm sees the same examples
@@ -172,8 +172,8 @@ def _prepare_into(root: Path, examples: int, with_bitsandbytes: bool) -> dict[st
         bnb = [slim_wheel(root.parent / "bnb-full" / raw[0], root / "bnb" / raw[0], BNB_KEEP)]
     meta = {
         "prepared": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "data": data,
         "base_gguf": {"name": model.name, "sha256": model.sha256},
         "base_files": copied,
@@ -214,20 +214,11 @@ def slim_wheel(source: Path, target: Path, keep: Sequence[str]) -> str:
 
 def travel_bytes() -> dict[str, int]:
     """What a `run` call sends: tracked and untracked-not-ignored files, plus the carried folder."""
-    listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", sep="\0")
+    listing = git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    listed = [name for name in listing.split("\0") if name]
     tree = sum((REPO_ROOT / name).stat().st_size for name in listed if (REPO_ROOT / name).is_file())
     carried = sum(p.stat().st_size for p in CARRY_DIR.rglob("*") if p.is_file())
     return {"working_tree": tree, "carried_gpu": carried, "total": tree + carried, "limit": 64 << 20}
-
-
-def _git(*args: str, sep: str | None = None) -> Any:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return [] if sep else ""
-    if sep:
-        return [part for part in done.stdout.split(sep) if part]
-    return done.stdout.strip()
 
 
 def _versions(names: Sequence[str], path: str | None = None) -> dict[str, str | None]:
@@ -323,7 +314,7 @@ def device_machine(prepared: dict[str, Any], bnb_path: str | None) -> dict[str, 
         gpu.setdefault("name", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
     except ImportError:
         pass
-    cpu = _cpu_model()
+    cpu = cpu_model()
     return {
         # The keys bench/summary.py reads for every result file, then the GPU's own.
         "cpu_model": f"{gpu.get('name', 'no GPU')} (GPU); {cpu}",
@@ -356,16 +347,6 @@ def _nvidia_smi() -> dict[str, Any]:
     if done.returncode != 0 or not first:
         return {"error": (done.stderr or done.stdout)[-300:]}
     return dict(zip(fields.split(","), (v.strip() for v in first[0].split(",")), strict=False))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_base(carried: Path, target: Path, seed: int, layers: int | None) -> dict[str, Any]:

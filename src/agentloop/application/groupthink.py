@@ -226,20 +226,22 @@ class Sample:
         number the question gives outside a parenthesised remark ("(1 to 366)"; "(23 + 17)" is an operand).
         Catches the consensus a weak model reaches by copying: writing drink.txt for "Save 'tea' to
         drinks.txt", or counting the days from 2022-11-11 to itself."""
-        arguments = " ".join(_strings(call.arguments) for call, _ in self.steps)
-        folded = canonical_text(arguments)
+        folded = canonical_text(self._arguments())
         if any(canonical_text(name) not in folded for name in _FILE_NAME.findall(question)):
             return False
-        said = f"{folded} {canonical_text(self.answer or '')}"
+        said = self.says()
         quoted = [first or second for first, second in _QUOTED.findall(question)]
         if any(canonical_text(text) not in said for text in quoted):
             return False
-        return not self.steps or _numbers(_REMARK.sub(" ", question)) <= _numbers(arguments)
+        return not self.steps or _numbers(_REMARK.sub(" ", question)) <= _numbers(self._arguments())
 
     def says(self) -> str:
         """Everything the turn put into words: its call arguments and its answer, canonical."""
-        arguments = " ".join(_strings(call.arguments) for call, _ in self.steps)
-        return f"{canonical_text(arguments)} {canonical_text(self.answer or '')}"
+        return f"{canonical_text(self._arguments())} {canonical_text(self.answer or '')}"
+
+    def _arguments(self) -> str:
+        """Every scalar of every call's arguments, space-separated, as written."""
+        return " ".join(_strings(call.arguments) for call, _ in self.steps)
 
 
 def named_in(text: str) -> set[str]:
