@@ -266,6 +266,47 @@ async def test_concurrent_appends_get_distinct_seqs(sql_store: SqlStore) -> None
     assert sorted(m.content for m in loaded.messages) == [f"m{i}" for i in range(8)]
 
 
+async def test_concurrent_appends_share_transactions_and_keep_each_order(sql_store: SqlStore) -> None:
+    conversations = [await new_conversation(sql_store) for _ in range(4)]
+    started = sql_store._appends.transactions
+
+    async def turns(conversation: Conversation) -> None:
+        for i in range(3):
+            messages = [
+                Message(conversation.id, Role.USER, f"q{i}"),
+                Message(conversation.id, Role.ASSISTANT, f"a{i}"),
+            ]
+            await sql_store.append(conversation.id, messages, make_events(conversation.id, messages[1].id))
+
+    await asyncio.gather(*(turns(conversation) for conversation in conversations))
+
+    for conversation in conversations:
+        loaded = await sql_store.get_conversation(conversation.id)
+        assert [m.content for m in loaded.messages] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+        assert len(await sql_store.list_events(conversation_id=conversation.id)) == 3 * 3
+    # 12 appends, committed together while they arrived together
+    assert sql_store._appends.transactions - started < 12
+
+
+async def test_a_failing_append_among_concurrent_ones_fails_alone(
+    sql_store: SqlStore, sql_engine: AsyncEngine
+) -> None:
+    good = await new_conversation(sql_store)
+    message = Message(good.id, Role.USER, "kept")
+
+    results = await asyncio.gather(
+        sql_store.append(good.id, [message], make_events(good.id, message.id)),
+        sql_store.append("missing", make_turn("missing")),
+        return_exceptions=True,
+    )
+
+    assert results[0] is None
+    assert isinstance(results[1], NotFoundError)
+    assert [m.content for m in (await sql_store.get_conversation(good.id)).messages] == ["kept"]
+    assert await count_rows(sql_engine, EventRow, good.id) == 3
+    assert await count_rows(sql_engine, MessageRow, "missing") == 0
+
+
 async def test_append_to_unknown_conversation_writes_nothing(
     sql_store: SqlStore, sql_engine: AsyncEngine
 ) -> None:

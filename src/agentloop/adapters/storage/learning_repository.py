@@ -251,8 +251,7 @@ class SqlLearningStore(SessionStore):
 
     async def add_events(self, events: Sequence[Event]) -> None:
         """Record events (training started, completed, failed) that belong to no conversation."""
-        async with self._transaction() as connection:
-            await insert_events(connection, events)
+        await self._event_writes.submit(events)
         self.on_events(events)
 
     # --- datasets -------------------------------------------------------------------------------------------

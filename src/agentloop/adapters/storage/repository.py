@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
+from agentloop.adapters.storage.group_commit import GroupCommit
 from agentloop.adapters.storage.orm import AgentRow, ConversationRow, EventRow, MessageRow
 from agentloop.domain.events import Event
 from agentloop.domain.model import (
@@ -44,6 +45,8 @@ class SessionStore:
         self._sessions = sessions
         # Told about every domain event once it is committed (bootstrap points it at the metrics).
         self.on_events: Callable[[Sequence[Event]], None] = _ignore_events
+        # Events recorded on their own: concurrent callers share transactions (group_commit.py).
+        self._event_writes: GroupCommit[Sequence[Event]] = GroupCommit(self._transaction, _insert_event_lists)
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -72,6 +75,10 @@ class SessionStore:
 
 class SqlStore(SessionStore):
     """Agents, conversations, messages and events in SQLite or PostgreSQL."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessions)
+        self._appends: GroupCommit[_Append] = GroupCommit(self._transaction, _append_all)
 
     async def create_agent(self, agent: Agent) -> None:
         """Insert an agent; ValidationError if its name is taken."""
@@ -197,30 +204,8 @@ class SqlStore(SessionStore):
                     f"message {message.id} belongs to conversation {message.conversation_id}",
                     field="conversation_id",
                 )
-        async with self._transaction() as connection:
-            # Updating the conversation first locks it (its row on PostgreSQL, the write lock on SQLite),
-            # so concurrent appends to one conversation read the max seq one after the other.
-            touched = await connection.scalar(
-                update(ConversationRow)
-                .where(ConversationRow.id == conversation_id)
-                .values(updated_at=utcnow())
-                .returning(ConversationRow.id)
-            )
-            if touched is None:
-                raise NotFoundError("conversation", conversation_id)
-            last = await connection.scalar(
-                select(func.max(MessageRow.seq)).where(MessageRow.conversation_id == conversation_id)
-            )
-            start = (last or 0) + 1
-            if messages:
-                await connection.execute(
-                    _INSERT_MESSAGES,
-                    [
-                        _message_values(message, conversation_id, seq)
-                        for seq, message in enumerate(messages, start)
-                    ],
-                )
-            await insert_events(connection, events)
+        # Concurrent appends (other turns) share a transaction and its commit (group_commit.py).
+        await self._appends.submit((conversation_id, messages, events))
         self.on_events(events)
 
     async def get_message(self, message_id: str) -> Message:
@@ -358,6 +343,42 @@ def _message(row: MessageRow) -> Message:
 
 def _ignore_events(events: Sequence[Event]) -> None:
     return None
+
+
+_Append = tuple[str, Sequence[Message], Sequence[Event]]
+
+
+async def _append_all(connection: AsyncConnection, appends: Sequence[_Append]) -> None:
+    """Each append's messages after its conversation's last one, then every append's events in one INSERT.
+    Conversations are locked in id order (a stable sort keeps one conversation's appends in order), so two
+    servers' shared transactions on PostgreSQL cannot wait on each other's locks."""
+    for conversation_id, messages, _ in sorted(appends, key=lambda append: append[0]):
+        # Updating the conversation first locks it (its row on PostgreSQL, the write lock on SQLite),
+        # so concurrent appends to one conversation read the max seq one after the other.
+        touched = await connection.scalar(
+            update(ConversationRow)
+            .where(ConversationRow.id == conversation_id)
+            .values(updated_at=utcnow())
+            .returning(ConversationRow.id)
+        )
+        if touched is None:
+            raise NotFoundError("conversation", conversation_id)
+        last = await connection.scalar(
+            select(func.max(MessageRow.seq)).where(MessageRow.conversation_id == conversation_id)
+        )
+        if messages:
+            await connection.execute(
+                _INSERT_MESSAGES,
+                [
+                    _message_values(message, conversation_id, seq)
+                    for seq, message in enumerate(messages, (last or 0) + 1)
+                ],
+            )
+    await insert_events(connection, [event for _, _, events in appends for event in events])
+
+
+async def _insert_event_lists(connection: AsyncConnection, lists: Sequence[Sequence[Event]]) -> None:
+    await insert_events(connection, [event for events in lists for event in events])
 
 
 # Core, not ORM objects: events are only ever inserted, and the unit of work around an ORM object (state
