@@ -288,15 +288,15 @@ class _Sequence:
         constraint = self.req.constraint
         grammar = self.scheduler.engine.grammar(constraint) if constraint else None
         self.switch_to_free = bool(grammar is not None and constraint and constraint.allow_text)
-        self._samplers(grammar)
+        self._samplers(grammar, prompt)
 
-    def _samplers(self, grammar: Any) -> None:
+    def _samplers(self, grammar: Any, prompt: list[int] | None = None) -> None:
         from agentloop.adapters.inference.llama import Draw, _Generation, _GreedyGrammar
 
         C = self.scheduler.C
         req = self.req
         if grammar is not None and _Generation.greedy_grammar_check:
-            self.greedy = _GreedyGrammar(self.scheduler.llm, grammar)
+            self.greedy = _GreedyGrammar(self.scheduler.llm, grammar, prompt or ())
             if req.temperature:
                 self.draw = Draw(req.temperature, req.top_p, req.seed)
             return
@@ -335,6 +335,7 @@ class _Sequence:
             ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (self.scheduler.n_vocab,)
         )
         if self.draw is not None:
+            logits = self.greedy.guard(logits)
             token = int(self.draw(logits))
             if not self.greedy.allows(token, logits):
                 token = int(self.draw(self.greedy.mask(logits)))

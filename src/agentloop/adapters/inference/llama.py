@@ -16,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,7 +375,7 @@ class _Generation:
         req = self.req
         vocab = self.llm._model.vocab
         checked = grammar is not None and not req.temperature and self.greedy_grammar_check
-        greedy = _GreedyGrammar(self.llm, grammar) if checked else None
+        greedy = _GreedyGrammar(self.llm, grammar, prompt) if checked else None
         try:
             for token in self.llm.generate(
                 prompt + self.out,
@@ -448,6 +448,41 @@ class _Generation:
         )
 
 
+# A constrained call that loops ("17 * 1000000000000...", "24 * 60 * 60 * 60 * ...", the same date again and
+# again) runs to max_tokens and ends as a wrong or unparseable call; trained versions did this in the learning
+# runs (bench/results/improve/runs.md). The grammar may keep looping forever, so the engine refuses the token
+# that would extend a loop: the last max(LOOP_SPAN, 3 * period) tokens repeating with a period of up to
+# LOOP_MAX_PERIOD tokens. Twelve identical tokens (a digit, a space) or three copies of a chunk pass; the next
+# copy does not, unless the prompt holds the same run (a long number the call copies from the question).
+LOOP_SPAN = 12
+LOOP_MAX_PERIOD = 16
+
+
+def loop_continuation(tokens: Sequence[int], prompt: Sequence[int] = ()) -> int | None:
+    """The token that would extend a loop at the end of `tokens`, or None when they do not end in one (or
+    when the prompt holds that run and the token after it)."""
+    n = len(tokens)
+    for period in range(1, LOOP_MAX_PERIOD + 1):
+        span = max(LOOP_SPAN, 3 * period)
+        if span > n:
+            break
+        if all(tokens[n - i] == tokens[n - i - period] for i in range(1, span - period + 1)):
+            token = tokens[n - period]
+            run = span  # the whole periodic tail, then the token that would extend it
+            while run < n and tokens[n - run - 1] == tokens[n - run - 1 + period]:
+                run += 1
+            return None if _contains(prompt, [*tokens[n - run :], token]) else token
+    return None
+
+
+def _contains(haystack: Sequence[int], needle: list[int]) -> bool:
+    first, size = needle[0], len(needle)
+    return any(
+        haystack[start] == first and list(haystack[start : start + size]) == needle
+        for start in range(len(haystack) - size + 1)
+    )
+
+
 class _GreedyGrammar:
     """Grammar enforcement for greedy decoding as a logits processor: check only the token greedy decoding
     would pick, and run the grammar over the whole 262k vocabulary only when that token is rejected (what
@@ -455,7 +490,7 @@ class _GreedyGrammar:
     (bench/results/grammar.json). The batched engine samples with temperature > 0 the same way (`Draw`); the
     one-sequence path keeps llama-cpp-python's full grammar there."""
 
-    def __init__(self, llm: Any, grammar: Any) -> None:
+    def __init__(self, llm: Any, grammar: Any, prompt: Sequence[int] = ()) -> None:
         from llama_cpp import llama_cpp as C
 
         self._c = C
@@ -464,11 +499,30 @@ class _GreedyGrammar:
         )
         self._one = (C.llama_token_data * 1)()
         self.full_checks = 0
+        self.prompt = prompt  # the loop guard lets the call copy a run the prompt holds
+        self.tokens: list[int] = []  # accepted so far, for the loop guard
+        self.loops_broken = 0
 
     def __call__(self, input_ids: Any, logits: Any) -> Any:
+        logits = self.guard(logits)
         if self.allows(int(logits.argmax()), logits):
             return logits
         return self.mask(logits)
+
+    def guard(self, logits: Any) -> Any:
+        """The logits without the token that would extend a loop (a copy), or as they are when there is none
+        or when the grammar allows nothing else."""
+        import numpy as np
+
+        token = loop_continuation(self.tokens, self.prompt)
+        if token is None:
+            return logits
+        guarded = np.array(logits, dtype=np.single)
+        guarded[token] = -np.inf
+        if not self.allows(int(guarded.argmax()), guarded) and not np.isfinite(self.mask(guarded).max()):
+            return logits  # the grammar only allows the loop's token here: no way out of it
+        self.loops_broken += 1
+        return guarded
 
     def allows(self, token: int, logits: Any) -> bool:
         """Whether the grammar, in its current state, accepts `token` next (a one-candidate check)."""
@@ -496,6 +550,7 @@ class _GreedyGrammar:
 
     def accept(self, token: int) -> None:
         self._c.llama_sampler_accept(self._sampler, token)
+        self.tokens.append(token)
 
     def close(self) -> None:
         self._c.llama_sampler_free(self._sampler)
