@@ -105,7 +105,7 @@ def _training(doc: dict[str, Any], path: Path) -> Path:
     samples = doc["samples"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for arm, color in (("ours", "#4c9a2a"), ("plain", "#7f8c8d")):
-        runs = [s for s in samples if s["arm"] == arm]
+        runs = [s for s in samples if s["arm"] == arm and "tokens_per_s" in s]  # a failed arm has no bars
         left.bar([f"{arm} r{s['round']}" for s in runs], [s["tokens_per_s"] for s in runs], color=color)
         right.bar([f"{arm} r{s['round']}" for s in runs], [s["peak_rss_mb"] for s in runs], color=color)
     left.set_ylabel("tokens/s in optimizer steps")

@@ -152,3 +152,15 @@ def test_agentloop_bench_refuses_an_unknown_benchmark_before_running_any() -> No
 
 def test_bench_runner_is_not_found_outside_a_checkout(tmp_path: Path) -> None:
     assert find_bench_runner([tmp_path]) is None
+
+
+def test_training_chart_leaves_out_a_failed_arm(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    doc: dict[str, Any] = {
+        "samples": [
+            {"round": 0, "arm": "ours", "tokens_per_s": 107.0, "peak_rss_mb": 6316.0},
+            {"round": 0, "arm": "plain", "error": "RuntimeError: can't allocate memory"},
+        ]
+    }
+    path = charts._training(doc, tmp_path / "training.png")
+    assert path.stat().st_size > 0
