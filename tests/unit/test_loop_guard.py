@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentloop.adapters.inference.llama import LOOP_MAX_PERIOD, LOOP_SPAN, loop_continuation
+from agentloop.adapters.inference.llama import (
+    LOOP_MAX_PERIOD,
+    LOOP_SPAN,
+    _GreedyGrammar,
+    loop_continuation,
+)
 
 ZERO, ONE, SEVEN, TIMES, SPACE, SIX = 15, 16, 22, 900, 5, 21
 
@@ -66,3 +74,46 @@ def test_a_run_the_prompt_holds_may_be_copied() -> None:
     assert loop_continuation(call, question) is None  # copying 1 and twenty zeros from the question
     longer = [*call, *[ZERO] * 8]  # twenty zeros copied: a twenty-first is not in the question
     assert loop_continuation(longer, question) == ZERO
+
+
+class _Grammar(_GreedyGrammar):
+    """The guard's own logic over a fake grammar that allows a fixed set of tokens (no llama.cpp sampler)."""
+
+    def __init__(self, allowed: set[int], tokens: list[int]) -> None:
+        self.allowed = allowed
+        self.tokens = tokens
+        self.prompt = ()
+        self.full_checks = 0
+
+    def allows(self, token: int, logits: Any) -> bool:
+        return token in self.allowed
+
+    def mask(self, logits: Any) -> Any:
+        self.full_checks += 1
+        return np.array([x if i in self.allowed else -np.inf for i, x in enumerate(logits)], dtype=np.single)
+
+
+LOOPING = [1, *[ZERO] * LOOP_SPAN]
+
+
+def test_guard_leaves_logits_alone_without_a_loop() -> None:
+    logits = np.arange(30, dtype=np.single)
+    assert _Grammar(set(range(30)), [1, 2, 3]).guard(logits) is logits
+
+
+def test_guard_refuses_the_loop_token_and_masks_once_when_needed() -> None:
+    logits = np.zeros(30, dtype=np.single)
+    logits[ZERO], logits[SEVEN], logits[SIX] = 5.0, 4.0, 3.0
+    free = _Grammar(set(range(30)), LOOPING)
+    assert int(free.guard(logits).argmax()) == SEVEN and free.full_checks == 0
+    strict = _Grammar({ZERO, SIX}, LOOPING)  # the next best (SEVEN) is not allowed: masked in the guard
+    guarded = strict.guard(logits)
+    assert int(guarded.argmax()) == SIX and strict.full_checks == 1
+    assert np.isneginf(guarded[ZERO]) and np.isneginf(guarded[SEVEN])
+    assert logits[ZERO] == 5.0  # the caller's row is not modified
+
+
+def test_guard_gives_way_when_the_grammar_allows_only_the_loop_token() -> None:
+    logits = np.zeros(30, dtype=np.single)
+    logits[ZERO] = 5.0
+    assert _Grammar({ZERO}, LOOPING).guard(logits) is logits

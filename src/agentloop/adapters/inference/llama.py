@@ -501,7 +501,6 @@ class _GreedyGrammar:
         self.full_checks = 0
         self.prompt = prompt  # the loop guard lets the call copy a run the prompt holds
         self.tokens: list[int] = []  # accepted so far, for the loop guard
-        self.loops_broken = 0
 
     def __call__(self, input_ids: Any, logits: Any) -> Any:
         logits = self.guard(logits)
@@ -511,7 +510,9 @@ class _GreedyGrammar:
 
     def guard(self, logits: Any) -> Any:
         """The logits without the token that would extend a loop (a copy), or as they are when there is none
-        or when the grammar allows nothing else."""
+        or when the grammar allows nothing else. When the best remaining token is not allowed either, the
+        copy comes back already masked (the whole-vocabulary pass, done once), so callers take its argmax
+        or draw from it without checking again."""
         import numpy as np
 
         token = loop_continuation(self.tokens, self.prompt)
@@ -519,10 +520,11 @@ class _GreedyGrammar:
             return logits
         guarded = np.array(logits, dtype=np.single)
         guarded[token] = -np.inf
-        if not self.allows(int(guarded.argmax()), guarded) and not np.isfinite(self.mask(guarded).max()):
-            return logits  # the grammar only allows the loop's token here: no way out of it
-        self.loops_broken += 1
-        return guarded
+        if self.allows(int(guarded.argmax()), guarded):
+            return guarded
+        masked = self.mask(guarded)
+        # Nothing allowed but the loop's token: there is no way out of it here.
+        return masked if np.isfinite(masked.max()) else logits
 
     def allows(self, token: int, logits: Any) -> bool:
         """Whether the grammar, in its current state, accepts `token` next (a one-candidate check)."""

@@ -374,7 +374,7 @@ async def _append_all(connection: AsyncConnection, appends: Sequence[_Append]) -
                     for seq, message in enumerate(messages, (last or 0) + 1)
                 ],
             )
-    await insert_events(connection, [event for _, _, events in appends for event in events])
+    await _insert_event_lists(connection, [events for _, _, events in appends])
 
 
 async def _insert_event_lists(connection: AsyncConnection, lists: Sequence[Sequence[Event]]) -> None:
