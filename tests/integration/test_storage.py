@@ -435,3 +435,82 @@ async def test_sqlite_pragmas(sqlite_url: str) -> None:
             assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar_one() > 0
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_turn_writes_run_on_the_writer_thread_in_one_hop(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite file's engine has a writer; a turn's append (lock, max seq, messages, events, commit) is one
+    call to it and no call to the async driver's thread; disposing the engine closes the writer's
+    connection, and the next write opens a new one. In-memory databases have no writer."""
+    import aiosqlite.core
+
+    from agentloop.adapters.storage import sqlite_writer
+
+    await asyncio.to_thread(upgrade, sqlite_url)
+    engine = create_engine(sqlite_url)
+    writer = sqlite_writer.writer_of(engine)
+    assert writer is not None
+    assert sqlite_writer.writer_of(create_engine("sqlite+aiosqlite://")) is None
+    store = SqlStore(create_sessionmaker(engine))
+    try:
+        conversation = await new_conversation(store)
+        hops = {"driver": 0, "writer": 0}
+        threads: list[str] = []
+        driver_call = aiosqlite.core.Connection._execute
+        writer_call = sqlite_writer.SqliteWriter._run
+
+        async def counted_driver(self: aiosqlite.Connection, fn: object, *args: object) -> object:
+            hops["driver"] += 1
+            return await driver_call(self, fn, *args)
+
+        def counted_writer(self: sqlite_writer.SqliteWriter, write: object, items: object) -> None:
+            import threading
+
+            hops["writer"] += 1
+            threads.append(threading.current_thread().name)
+            writer_call(self, write, items)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted_driver)
+        monkeypatch.setattr(sqlite_writer.SqliteWriter, "_run", counted_writer)
+        turn = make_turn(conversation.id)
+        await store.append(conversation.id, turn, make_events(conversation.id, turn[-1].id))
+        assert hops == {"driver": 0, "writer": 1}
+        assert threads[0].startswith("agentloop-sqlite-writer")
+        monkeypatch.undo()
+
+        await engine.dispose()  # the writer's idle connection is closed with the pool
+        second = make_turn(conversation.id)
+        await store.append(conversation.id, second)
+        stored = await store.get_conversation(conversation.id)
+        assert [m.id for m in stored.messages] == [m.id for m in [*turn, *second]]
+        assert len(await store.list_events(conversation.id)) == 3
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_writer_and_async_writes_interleave(sqlite_url: str) -> None:
+    """Writes of the async connections (new conversations) and of the writer thread (appends) to one file at
+    once: SQLite's lock and busy timeout order them; nothing is lost."""
+    await asyncio.to_thread(upgrade, sqlite_url)
+    engine = create_engine(sqlite_url)
+    store = SqlStore(create_sessionmaker(engine))
+    try:
+        first = await new_conversation(store)
+
+        async def appends() -> None:
+            for _ in range(20):
+                turn = make_turn(first.id)
+                await store.append(first.id, turn, make_events(first.id, turn[-1].id))
+
+        async def creates() -> list[Conversation]:
+            return [await new_conversation(store, title=f"c{i}") for i in range(20)]
+
+        _, created = await asyncio.gather(appends(), creates())
+        _, total = await store.list_conversations(100, 0)
+        assert total == 21 and len(created) == 20
+        stored = await store.get_conversation(first.id)
+        assert len(stored.messages) == 20 * len(make_turn(first.id))
+        assert len(await store.list_events(first.id, limit=1000)) == 60
+    finally:
+        await engine.dispose()

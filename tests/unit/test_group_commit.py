@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -23,26 +21,17 @@ class FakeDatabase:
         self.committed: list[list[int]] = []
         self.rolled_back = 0
 
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[Any]:
-        staged: list[int] = []
-        try:
-            yield staged
-        except Exception:
-            self.rolled_back += 1
-            raise
-        self.committed.append(staged)
-
-    async def write(self, connection: Any, items: Sequence[int]) -> None:
+    async def commit(self, items: Sequence[int]) -> None:
+        """One transaction: all of `items` committed, or (a bad one among them) none and the error raised."""
         await asyncio.sleep(self.delay)  # the commit is in flight: others queue up meanwhile
-        for item in items:
-            if item in self.bad:
-                raise ValueError(f"bad item {item}")
-        cast(list[int], connection).extend(items)
+        if any(item in self.bad for item in items):
+            self.rolled_back += 1
+            raise ValueError(f"bad item {next(item for item in items if item in self.bad)}")
+        self.committed.append(list(items))
 
 
 def group(database: FakeDatabase, max_batch: int = 256) -> GroupCommit[int]:
-    return GroupCommit(database.begin, database.write, max_batch)
+    return GroupCommit(database.commit, max_batch)
 
 
 async def test_one_caller_gets_its_own_transaction() -> None:

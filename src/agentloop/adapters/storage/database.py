@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from agentloop.adapters.storage import sqlite_driver
+from agentloop.adapters.storage import sqlite_driver, sqlite_writer
 from agentloop.errors import StorageError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -39,6 +39,9 @@ def create_engine(url: str) -> AsyncEngine:
     options: dict[str, Any] = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": 0} if pooled else {}
     engine = create_async_engine(sa_url, **options)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    if pooled:
+        # Hot-path writes (a turn's messages and events) in one thread hop per transaction (sqlite_writer.py).
+        sqlite_writer.attach(engine, sa_url, _sqlite_pragmas)
     return engine
 
 

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 T = TypeVar("T")
-Begin = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
-Write = Callable[[AsyncConnection, Sequence[T]], Awaitable[None]]
+Commit = Callable[[Sequence[T]], Awaitable[None]]
 
 MAX_BATCH = 256  # writes per shared transaction; a bound on how long one transaction holds the lock
 
@@ -31,13 +27,12 @@ MAX_BATCH = 256  # writes per shared transaction; a bound on how long one transa
 class GroupCommit(Generic[T]):
     """Queue writes and commit those that arrive together in one transaction.
 
-    `begin` opens a transaction (committed when its block ends, rolled back on an error); `write` adds a batch
-    of queued items to it. `write` must be all-or-nothing per call, as one transaction is.
+    `commit(items)` writes a batch of queued items in one transaction: all of them committed when it returns,
+    none if it raises.
     """
 
-    def __init__(self, begin: Begin, write: Write[T], max_batch: int = MAX_BATCH) -> None:
-        self._begin = begin
-        self._write = write
+    def __init__(self, commit: Commit[T], max_batch: int = MAX_BATCH) -> None:
+        self._commit_items = commit
         self._max_batch = max_batch
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -70,8 +65,7 @@ class GroupCommit(Generic[T]):
     async def _commit(self, batch: Sequence[tuple[T, asyncio.Future[None]]]) -> None:
         self.transactions += 1
         try:
-            async with self._begin() as connection:
-                await self._write(connection, [item for item, _ in batch])
+            await self._commit_items([item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)

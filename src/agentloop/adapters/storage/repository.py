@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Integer, Select, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agentloop.adapters.storage.group_commit import GroupCommit
 from agentloop.adapters.storage.orm import AgentRow, ConversationRow, EventRow, MessageRow
+from agentloop.adapters.storage.sqlite_writer import SyncWrite, writer_of
 from agentloop.domain.events import Event
 from agentloop.domain.model import (
     Agent,
@@ -27,6 +29,8 @@ from agentloop.domain.model import (
     utcnow,
 )
 from agentloop.errors import NotFoundError, StorageError, ValidationError
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -46,7 +50,9 @@ class SessionStore:
         # Told about every domain event once it is committed (bootstrap points it at the metrics).
         self.on_events: Callable[[Sequence[Event]], None] = _ignore_events
         # Events recorded on their own: concurrent callers share transactions (group_commit.py).
-        self._event_writes: GroupCommit[Sequence[Event]] = GroupCommit(self._transaction, _insert_event_lists)
+        self._event_writes: GroupCommit[Sequence[Event]] = GroupCommit(
+            partial(self._write_transaction, _insert_event_lists)
+        )
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncSession]:
@@ -72,13 +78,25 @@ class SessionStore:
             async with engine.begin() as connection:
                 yield connection
 
+    async def _write_transaction(self, write: SyncWrite[T], items: Sequence[T]) -> None:
+        """`write(connection, items)` in one transaction: on a SQLite file all of it on the writer's thread,
+        one hop (sqlite_writer.py); elsewhere through the async driver, a round trip per statement."""
+        engine: AsyncEngine = self._sessions.kw["bind"]
+        writer = writer_of(engine)
+        with _database_errors():
+            if writer is not None:
+                await writer.transaction(write, items)
+                return
+            async with engine.begin() as connection:
+                await connection.run_sync(write, items)
+
 
 class SqlStore(SessionStore):
     """Agents, conversations, messages and events in SQLite or PostgreSQL."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         super().__init__(sessions)
-        self._appends: GroupCommit[_Append] = GroupCommit(self._transaction, _append_all)
+        self._appends: GroupCommit[_Append] = GroupCommit(partial(self._write_transaction, _append_all))
 
     async def create_agent(self, agent: Agent) -> None:
         """Insert an agent; ValidationError if its name is taken."""
@@ -163,22 +181,19 @@ class SqlStore(SessionStore):
         # One query for the page and the total (a window count over the filtered rows): a list is the most
         # frequent read, and every statement is a round trip to the database (a thread hop with aiosqlite).
         # Plain columns, not ORM objects: nothing here is changed or lazily loaded.
-        page, count = _CONVERSATION_PAGE, _CONVERSATION_COUNT
-        if agent_id is not None:
-            page = page.where(ConversationRow.agent_id == agent_id)
-            count = count.where(ConversationRow.agent_id == agent_id)
-        if owner_id is not None:
-            page = page.where(ConversationRow.owner_id == owner_id)
-            count = count.where(ConversationRow.owner_id == owner_id)
+        # The statements are built once per filter combination, with bound parameters: building one per
+        # call, and SQLAlchemy's cache key for it, cost more than running the query on SQLite.
+        page, count = _CONVERSATION_PAGES[agent_id is not None, owner_id is not None]
+        values = {"agent_id": agent_id, "owner_id": owner_id}
         async with self._reading() as connection:
-            rows = (await connection.execute(page.limit(limit).offset(offset))).all()
+            rows = (await connection.execute(page, {**values, "limit": limit, "offset": offset})).all()
             if rows:
                 total = int(rows[0].total)
             elif offset == 0 and limit > 0:
                 total = 0  # an empty first page: nothing matches
             else:
                 # Past the end (or limit 0) the window saw no rows: count on their own.
-                total = await connection.scalar(count) or 0
+                total = await connection.scalar(count, values) or 0
             return [_conversation(row, []) for row in rows], total
 
     async def delete_conversation(self, conversation_id: str) -> None:
@@ -295,11 +310,22 @@ _CONVERSATION_COLUMNS = (
 )
 
 
-# Built once: composing a statement costs more than running this one on SQLite.
-_CONVERSATION_PAGE = select(*_CONVERSATION_COLUMNS, func.count().over().label("total")).order_by(
-    ConversationRow.updated_at.desc(), ConversationRow.id.desc()
-)
-_CONVERSATION_COUNT = select(func.count()).select_from(ConversationRow)
+def _conversation_page(by_agent: bool, by_owner: bool) -> tuple[Select[*tuple[Any, ...]], Select[int]]:
+    """A page of conversations (with the window count of all that match) and the count on its own, filtered
+    by the `agent_id` and `owner_id` parameters when asked; `limit` and `offset` are parameters too."""
+    page = select(*_CONVERSATION_COLUMNS, func.count().over().label("total"))
+    count = select(func.count()).select_from(ConversationRow)
+    if by_agent:
+        page = page.where(ConversationRow.agent_id == bindparam("agent_id"))
+        count = count.where(ConversationRow.agent_id == bindparam("agent_id"))
+    if by_owner:
+        page = page.where(ConversationRow.owner_id == bindparam("owner_id"))
+        count = count.where(ConversationRow.owner_id == bindparam("owner_id"))
+    page = page.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+    return page.limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)), count
+
+
+_CONVERSATION_PAGES = {(a, o): _conversation_page(a, o) for a in (False, True) for o in (False, True)}
 
 
 _INSERT_MESSAGES = insert(cast(Table, MessageRow.__table__))
@@ -348,14 +374,14 @@ def _ignore_events(events: Sequence[Event]) -> None:
 _Append = tuple[str, Sequence[Message], Sequence[Event]]
 
 
-async def _append_all(connection: AsyncConnection, appends: Sequence[_Append]) -> None:
+def _append_all(connection: Connection, appends: Sequence[_Append]) -> None:
     """Each append's messages after its conversation's last one, then every append's events in one INSERT.
     Conversations are locked in id order (a stable sort keeps one conversation's appends in order), so two
     servers' shared transactions on PostgreSQL cannot wait on each other's locks."""
     for conversation_id, messages, _ in sorted(appends, key=lambda append: append[0]):
         # Updating the conversation first locks it (its row on PostgreSQL, the write lock on SQLite),
         # so concurrent appends to one conversation read the max seq one after the other.
-        touched = await connection.scalar(
+        touched = connection.scalar(
             update(ConversationRow)
             .where(ConversationRow.id == conversation_id)
             .values(updated_at=utcnow())
@@ -363,22 +389,24 @@ async def _append_all(connection: AsyncConnection, appends: Sequence[_Append]) -
         )
         if touched is None:
             raise NotFoundError("conversation", conversation_id)
-        last = await connection.scalar(
+        last = connection.scalar(
             select(func.max(MessageRow.seq)).where(MessageRow.conversation_id == conversation_id)
         )
         if messages:
-            await connection.execute(
+            connection.execute(
                 _INSERT_MESSAGES,
                 [
                     _message_values(message, conversation_id, seq)
                     for seq, message in enumerate(messages, (last or 0) + 1)
                 ],
             )
-    await _insert_event_lists(connection, [events for _, _, events in appends])
+    _insert_event_lists(connection, [events for _, _, events in appends])
 
 
-async def _insert_event_lists(connection: AsyncConnection, lists: Sequence[Sequence[Event]]) -> None:
-    await insert_events(connection, [event for events in lists for event in events])
+def _insert_event_lists(connection: Connection, lists: Sequence[Sequence[Event]]) -> None:
+    events = [_event_values(event) for events in lists for event in events]
+    if events:
+        connection.execute(_INSERT_EVENTS, events)
 
 
 # Core, not ORM objects: events are only ever inserted, and the unit of work around an ORM object (state
