@@ -19,8 +19,9 @@ model's ~1). Then each arm in its own process (`bench/train_arm.py`), one after 
 batch size, sequence cap, LoRA and schedule:
 
 - ours_qlora: `train_lora`, device "cuda", bitsandbytes on the path: NF4 base, bf16 compute (what the
-  learning loop does on a CUDA machine), gradient checkpointing
-- ours_bf16: `train_lora`, device "cuda", bitsandbytes not on the path: bf16 base, gradient checkpointing
+  learning loop does on a CUDA machine), gradient checkpointing "auto" (the trainer's default: on only when
+  its estimate of the activations exceeds half the free GPU memory; its `trainer_notes` say which it chose)
+- ours_bf16: `train_lora`, device "cuda", bitsandbytes not on the path: bf16 base, checkpointing "auto"
 - plain_bf16: Trainer + PEFT, bf16 weights, `bf16=True`, no gradient checkpointing (the default)
 - plain_bf16_gc: the same with `gradient_checkpointing=True`, to separate checkpointing from the rest
 
@@ -94,7 +95,7 @@ class Arm:
     runner: str  # bench.train_arm's "ours" | "plain"
     describe: str
     bitsandbytes: bool = False  # put the carried bitsandbytes on the arm's path (ours: QLoRA)
-    gradient_checkpointing: bool = False  # plain only; ours decides itself (on for CUDA)
+    gradient_checkpointing: bool = False  # plain only; ours decides itself (TrainSpec "auto")
     cuda_only: bool = False
 
 
@@ -103,7 +104,7 @@ ARMS = (
         "ours_qlora",
         "ours",
         "train_lora on CUDA with bitsandbytes: NF4 base (double quant), bf16 compute, gradient "
-        "checkpointing, LM head on completion tokens only",
+        "checkpointing auto, LM head on completion tokens only",
         bitsandbytes=True,
         cuda_only=True,
     ),
@@ -115,8 +116,8 @@ ARMS = (
     Arm(
         "ours_bf16",
         "ours",
-        "train_lora on CUDA without bitsandbytes: bf16 base, gradient checkpointing, LM head on completion "
-        "tokens only",
+        "train_lora on CUDA without bitsandbytes: bf16 base, gradient checkpointing auto, LM head on "
+        "completion tokens only",
     ),
     Arm(
         "plain_bf16_gc",
@@ -672,14 +673,28 @@ def rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [row for row in candidates if row is not None]
 
 
+def _ours_checkpointing(document: dict[str, Any]) -> str:
+    """What our arms did about activations: their trainer's note (since stop 14), else the old behaviour."""
+    said = [
+        f"{arm['arm']}: {note}"
+        for arm in document.get("arms", [])
+        if arm.get("runner") == "ours"
+        for note in arm.get("trainer_notes", [])
+        if note.startswith("gradient checkpointing")
+    ]
+    if said:
+        return "Gradient checkpointing of ours, as its trainer chose: " + "; ".join(said) + "."
+    return "Ours recomputed activations (gradient checkpointing, always on CUDA before stop 14)."
+
+
 def _notes(document: dict[str, Any]) -> list[str]:
     notes = [f"gpu training: {note}" for note in document.get("notes", [])]
     notes.append(
         "gpu training: one process per arm, one run each (no rounds), on "
         f"{document['machine'].get('gpu', {}).get('name', '?')}; tokens/s are steady-state (first "
         f"{document.get('parameters', {}).get('warm_steps_left_out_of_steady', WARM_STEPS)} steps left out). "
-        "Ours recomputes activations (gradient checkpointing, always on CUDA) and runs the 262k-vocabulary "
-        "LM head on completion tokens only; the plain Trainer computes logits for every position."
+        f"{_ours_checkpointing(document)} Ours runs the 262k-vocabulary LM head on completion tokens only; "
+        "the plain Trainer computes logits for every position."
     )
     for arm in document.get("arms", []):
         if "error" in arm:

@@ -42,3 +42,18 @@ def test_rows_compare_each_arm_with_its_baseline_and_judge_the_targets() -> None
     assert len(by_label) == 4 and not any("checkpointing" in label for label in by_label)
     qlora["qlora"] = False  # bitsandbytes did not import: the label says so
     assert any("ran without bitsandbytes" in row["benchmark"] for row in rows(document))
+
+
+def test_the_notes_say_what_our_trainer_chose_about_activations() -> None:
+    from bench.gpu_training import _ours_checkpointing
+
+    chose = "gradient checkpointing off (auto): activations up to 17.2 GiB, 139.0 GiB free on the GPU"
+    document: dict[str, Any] = {
+        "arms": [
+            arm("ours_bf16", 1, 1, runner="ours", trainer_notes=[chose]),
+            arm("plain_bf16", 1, 1, runner="plain"),
+        ]
+    }
+    assert f"ours_bf16: {chose}" in _ours_checkpointing(document)
+    document["arms"][0]["trainer_notes"] = []  # a run from before the trainer said
+    assert "always on CUDA before stop 14" in _ours_checkpointing(document)

@@ -79,7 +79,8 @@ def train_lora(
     base_dir = prepare_base(spec.base, spec.base_sha256, spec.resolved_cache_dir)
     seed_everything(spec.seed)
     model, tokenizer = load_base(base_dir, placement.device, placement.qlora)
-    model = wrap_lora(model, spec, placement)
+    wrap_notes: list[str] = []
+    model = wrap_lora(model, spec, placement, wrap_notes)
     train = encode_examples(tokenizer, train_rows, spec.max_seq_len)
     validation = encode_examples(tokenizer, validation_rows, spec.max_seq_len)
     schedule = Schedule([len(e) for e in train], spec.batch_size, spec.seed)
@@ -89,6 +90,7 @@ def train_lora(
     loop = TrainLoop(spec, model, optimizer, scheduler, state, tokenizer.pad_token_id or 0, placement.device)
     cancelled = loop.run(train, schedule, on_progress or (lambda _: None), should_stop or (lambda: False))
     finish = Finish(spec, placement, state, loop, started, resumed)
+    finish.notes.extend(wrap_notes)
     if truncated := sum(e.truncated for e in train):
         finish.notes.append(f"{truncated} of {len(train)} training examples cut to max_seq_len")
     if cancelled:
@@ -119,19 +121,63 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def wrap_lora(model: Any, spec: TrainSpec, placement: Placement) -> PeftModel:
-    if placement.device == "cuda":
-        # Activations dominate memory on bigger bases; recomputing them is cheap next to a GPU's speed.
-        if placement.qlora:
-            from peft import prepare_model_for_kbit_training
+# Bytes of activations one transformer layer keeps per token and hidden unit in bf16 for the backward pass
+# (34 s b h per layer for a GPT block, Korthikanti et al. 2022, "Reducing Activation Recomputation"), plus
+# 5 a s^2 b for attention scores when they are materialised: an upper bound for Gemma 3's gated MLP and LoRA.
+ACTIVATION_BYTES_PER_TOKEN_UNIT = 34
+ATTENTION_SCORE_BYTES = 5
+CHECKPOINTING_MEMORY_SHARE = 0.5  # keep activations only when they take at most this share of free memory
 
-            prepare: Any = prepare_model_for_kbit_training  # untyped
-            model = prepare(
-                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
+
+def activation_bytes(config: Any, batch: int, seq_len: int) -> int:
+    """Activation memory one forward pass of `batch` sequences of `seq_len` tokens keeps (an upper bound)."""
+    config = getattr(config, "text_config", None) or config  # a multimodal config holds the text model's
+    layers, hidden = int(config.num_hidden_layers), int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    per_token = ACTIVATION_BYTES_PER_TOKEN_UNIT * hidden + ATTENTION_SCORE_BYTES * heads * seq_len
+    return layers * batch * seq_len * per_token
+
+
+def needs_checkpointing(spec: TrainSpec, device: str, activations: int, free_bytes: int) -> bool:
+    """Whether to recompute activations: as the spec says when it says "on" or "off"; "auto" on CUDA only,
+    when `activations` exceed CHECKPOINTING_MEMORY_SHARE of `free_bytes` (the CPU path keeps them: its
+    memory is the machine's, and the logits it saves by computing completion tokens only dwarf them)."""
+    if spec.gradient_checkpointing != "auto":
+        return spec.gradient_checkpointing == "on"
+    return device == "cuda" and activations > CHECKPOINTING_MEMORY_SHARE * free_bytes
+
+
+def pass_shape(spec: TrainSpec) -> tuple[int, int]:
+    """(sequences, tokens each) of the biggest forward pass the spec allows."""
+    batch = spec.batch_size
+    if spec.max_batch_tokens is not None:
+        batch = max(1, min(batch, spec.max_batch_tokens // spec.max_seq_len))
+    return batch, spec.max_seq_len
+
+
+def wrap_lora(model: Any, spec: TrainSpec, placement: Placement, notes: list[str] | None = None) -> PeftModel:
+    """The base with LoRA adapters on `spec.target_modules`; recomputing activations when
+    `needs_checkpointing` says so (its reason appended to `notes`)."""
+    free = torch.cuda.mem_get_info()[0] if placement.device == "cuda" else 0
+    activations = activation_bytes(model.config, *pass_shape(spec))
+    checkpointing = needs_checkpointing(spec, placement.device, activations, free)
+    if notes is not None and placement.device == "cuda":
+        notes.append(
+            f"gradient checkpointing {'on' if checkpointing else 'off'} ({spec.gradient_checkpointing}): "
+            f"activations up to {activations / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on the GPU"
+        )
+    if placement.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        prepare: Any = prepare_model_for_kbit_training  # untyped
+        model = prepare(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     config = LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from agentloop.errors import TrainingError
 
 Device = Literal["auto", "cpu", "cuda"]
+Checkpointing = Literal["auto", "on", "off"]
 Status = Literal["completed", "cancelled"]
 
 __all__ = ["PROJECTIONS", "TrainResult", "TrainSpec", "TrainingError"]
@@ -45,6 +46,9 @@ class TrainSpec:
     checkpoint_every: int = 50
     threads: int | None = None
     device: Device = "auto"
+    # Recompute activations in the backward pass instead of keeping them. "auto": only on CUDA, and only when
+    # the activations of one pass would not fit in half of the GPU's free memory (lora.needs_checkpointing).
+    gradient_checkpointing: Checkpointing = "auto"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "lora_r", "max_seq_len", "checkpoint_every"):
@@ -52,6 +56,8 @@ class TrainSpec:
                 raise TrainingError(f"{name} must be at least 1")
         if self.learning_rate <= 0:
             raise TrainingError("learning_rate must be positive")
+        if self.gradient_checkpointing not in ("auto", "on", "off"):
+            raise TrainingError("gradient_checkpointing must be auto, on or off")
 
     def to_json(self) -> str:
         data = {key: _plain(value) for key, value in dataclasses.asdict(self).items()}
