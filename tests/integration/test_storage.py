@@ -514,3 +514,32 @@ async def test_sqlite_writer_and_async_writes_interleave(sqlite_url: str) -> Non
         assert len(await store.list_events(first.id, limit=1000)) == 60
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_writer_in_a_forked_child_starts_its_own_thread(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a fork (seen as a new pid) the writer does not hand work to the parent's thread, which the
+    child does not have: it starts a thread and a connection of its own, and the write lands."""
+    import os
+
+    from agentloop.adapters.storage import sqlite_writer
+
+    await asyncio.to_thread(upgrade, sqlite_url)
+    engine = create_engine(sqlite_url)
+    store = SqlStore(create_sessionmaker(engine))
+    try:
+        conversation = await new_conversation(store)
+        await store.append(conversation.id, make_turn(conversation.id))
+        writer = sqlite_writer.writer_of(engine)
+        assert writer is not None
+        parent_thread = writer._thread
+        monkeypatch.setattr(os, "getpid", lambda: -1)
+        second = make_turn(conversation.id)
+        await store.append(conversation.id, second)
+        assert writer._thread is not parent_thread
+        stored = await store.get_conversation(conversation.id)
+        assert stored.messages[-1].id == second[-1].id
+        parent_thread.shutdown()
+    finally:
+        await engine.dispose()

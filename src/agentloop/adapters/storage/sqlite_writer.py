@@ -19,6 +19,7 @@ connection would not see); disposing the engine disposes its writer's connection
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,11 +49,20 @@ class SqliteWriter:
             connect_args={"check_same_thread": False},
         )
         event.listen(self._engine, "connect", on_connect)
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentloop-sqlite-writer")
 
     async def transaction(self, write: SyncWrite[T], items: Sequence[T]) -> None:
         """Run `write(connection, items)` in one transaction on the writer's thread: committed when it
         returns, rolled back if it raises (the error is re-raised here)."""
+        if self._pid != os.getpid():
+            # A forked child inherits the executor but not its thread (work would wait forever), and must
+            # not use the parent's connection: a thread and a connection of its own.
+            self._engine.dispose(close=False)
+            self._start()
         await asyncio.get_running_loop().run_in_executor(self._thread, self._run, write, items)
 
     def _run(self, write: SyncWrite[T], items: Sequence[T]) -> None:
