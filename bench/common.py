@@ -80,7 +80,10 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "llama_cpp_python": llama_cpp.__version__,
         "git_commit": git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # Code changes only: results a run has already written (bench/results, README's table) do not count.
+        "git_dirty": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!README.md")
+        ),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_before": list(os.getloadavg()),
         "bench_threads": N_THREADS,
