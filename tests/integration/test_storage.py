@@ -516,30 +516,38 @@ async def test_sqlite_writer_and_async_writes_interleave(sqlite_url: str) -> Non
         await engine.dispose()
 
 
-async def test_sqlite_writer_in_a_forked_child_starts_its_own_thread(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After a fork (seen as a new pid) the writer does not hand work to the parent's thread, which the
-    child does not have: it starts a thread and a connection of its own, and the write lands."""
+async def test_sqlite_writer_in_a_forked_child_starts_its_own_thread(sqlite_url: str) -> None:
+    """A forked child does not hand work to the parent's writer thread, which it does not have: the fork
+    hook gives it a thread (and connections) of its own, and a write there lands."""
     import os
 
     from agentloop.adapters.storage import sqlite_writer
+    from agentloop.adapters.storage.repository import _append_all
 
     await asyncio.to_thread(upgrade, sqlite_url)
     engine = create_engine(sqlite_url)
     store = SqlStore(create_sessionmaker(engine))
     try:
         conversation = await new_conversation(store)
-        await store.append(conversation.id, make_turn(conversation.id))
+        await store.append(conversation.id, make_turn(conversation.id))  # the parent's thread is running
         writer = sqlite_writer.writer_of(engine)
         assert writer is not None
         parent_thread = writer._thread
-        monkeypatch.setattr(os, "getpid", lambda: -1)
         second = make_turn(conversation.id)
-        await store.append(conversation.id, second)
-        assert writer._thread is not parent_thread
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's coverage is not collected)
+            code = 1
+            try:
+                if writer._thread is not parent_thread:
+                    append = [(conversation.id, second, ())]
+                    writer._thread.submit(writer._run, _append_all, append).result(30)
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert writer._thread is parent_thread  # the parent's writer is untouched
         stored = await store.get_conversation(conversation.id)
-        assert stored.messages[-1].id == second[-1].id
-        parent_thread.shutdown()
+        assert stored.messages[-1].id == second[-1].id  # the child's write landed
     finally:
         await engine.dispose()

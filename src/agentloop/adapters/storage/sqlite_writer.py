@@ -52,17 +52,17 @@ class SqliteWriter:
         self._start()
 
     def _start(self) -> None:
-        self._pid = os.getpid()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentloop-sqlite-writer")
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child inherits the executor but not its thread (work would wait forever), and must not
+        use the parent's connection: a thread and a connection of its own."""
+        self._engine.dispose(close=False)
+        self._start()
 
     async def transaction(self, write: SyncWrite[T], items: Sequence[T]) -> None:
         """Run `write(connection, items)` in one transaction on the writer's thread: committed when it
         returns, rolled back if it raises (the error is re-raised here)."""
-        if self._pid != os.getpid():
-            # A forked child inherits the executor but not its thread (work would wait forever), and must
-            # not use the parent's connection: a thread and a connection of its own.
-            self._engine.dispose(close=False)
-            self._start()
         await asyncio.get_running_loop().run_in_executor(self._thread, self._run, write, items)
 
     def _run(self, write: SyncWrite[T], items: Sequence[T]) -> None:
@@ -80,6 +80,14 @@ def attach(engine: AsyncEngine, url: URL, on_connect: Callable[[Any, Any], None]
     _WRITERS[engine.sync_engine] = writer
     event.listen(engine.sync_engine, "engine_disposed", lambda _engine: writer.dispose())
     return writer
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS.values()):
+        writer._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def writer_of(engine: AsyncEngine) -> SqliteWriter | None:
