@@ -551,3 +551,30 @@ async def test_sqlite_writer_in_a_forked_child_starts_its_own_thread(sqlite_url:
         assert stored.messages[-1].id == second[-1].id  # the child's write landed
     finally:
         await engine.dispose()
+
+
+async def test_groupthink_votes_are_stored_and_read_back_in_order(sql_engine: AsyncEngine) -> None:
+    """SqlGroupThinkStore.add_events writes votes through the group-committed event write; concurrent
+    callers' votes all land, and consensus_events reads them back oldest first."""
+    from agentloop.adapters.storage.groupthink_repository import SqlGroupThinkStore
+    from agentloop.domain.events import ConsensusReached
+
+    votes = SqlGroupThinkStore(create_sessionmaker(sql_engine))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    made = [
+        ConsensusReached(
+            conversation_id=None,
+            message_id=None,
+            prompt=f"q{i}",
+            agreement=0.5 + i / 20,
+            samples=3,
+            labeled=i % 2 == 0,
+            model_version="base",
+            occurred_at=start + timedelta(seconds=i),
+        )
+        for i in range(6)
+    ]
+    await asyncio.gather(*(votes.add_events([vote]) for vote in reversed(made)))
+    assert [(v.id, v.prompt, v.labeled) for v in await votes.consensus_events()] == [
+        (v.id, v.prompt, v.labeled) for v in made
+    ]

@@ -10,7 +10,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import selectinload
 
 from agentloop.adapters.storage.orm import ConversationRow, EventRow, FeedbackRow, MessageRow
-from agentloop.adapters.storage.repository import SessionStore, _conversation, _message, insert_events
+from agentloop.adapters.storage.repository import SessionStore, _conversation, _message
 from agentloop.application.learning.labeling import PracticePrompt
 from agentloop.domain.events import ConsensusReached, Event
 from agentloop.domain.model import Conversation, Role
@@ -31,8 +31,8 @@ class SqlGroupThinkStore(SessionStore):
             return [ConsensusReached(id=row.id, occurred_at=row.occurred_at, **row.payload) for row in rows]
 
     async def add_events(self, events: Sequence[Event]) -> None:
-        async with self._transaction() as connection:
-            await insert_events(connection, events)
+        """Record events (votes) in the events table: the same group-committed write as other lone events."""
+        await self._event_writes.submit(events)
 
     async def labeled_conversations(
         self, limit: int, since: datetime | None = None

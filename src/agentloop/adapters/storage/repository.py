@@ -81,14 +81,13 @@ class SessionStore:
     async def _write_transaction(self, write: SyncWrite[T], items: Sequence[T]) -> None:
         """`write(connection, items)` in one transaction: on a SQLite file all of it on the writer's thread,
         one hop (sqlite_writer.py); elsewhere through the async driver, a round trip per statement."""
-        engine: AsyncEngine = self._sessions.kw["bind"]
-        writer = writer_of(engine)
-        with _database_errors():
-            if writer is not None:
-                await writer.transaction(write, items)
-                return
-            async with engine.begin() as connection:
+        writer = writer_of(self._sessions.kw["bind"])
+        if writer is None:
+            async with self._transaction() as connection:
                 await connection.run_sync(write, items)
+            return
+        with _database_errors():
+            await writer.transaction(write, items)
 
 
 class SqlStore(SessionStore):
