@@ -158,6 +158,30 @@ async def test_memory_rate_limit_answers_with_the_wait() -> None:
     await limiter.hit("user", "bob")  # counted per key
 
 
+async def test_rate_limit_window_slides_over_the_minute_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full previous minute still counts (weighted by its overlap) after the boundary: unlike a fixed
+    window, a burst at the end of one minute is not followed by a second full burst at the start of the
+    next; capacity returns gradually as the previous minute slides out."""
+    now = [6_000_000 * 60.0 + 50.0]  # 10 s before a minute boundary
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    limiter = RateLimiter(Limits(per_user="6/minute"), rate_limit_storage(None))
+    for _ in range(6):
+        await limiter.hit("user", "alice")
+    now[0] += 11.0  # 1 s into the next minute: the previous one overlaps by 59/60 and weighs 5.9 (floored)
+    await limiter.hit("user", "alice")
+    with pytest.raises(RateLimitedError) as caught:
+        await limiter.hit("user", "alice")
+    assert 1 <= caught.value.retry_after_s <= 60
+    now[0] += 30.0  # 31 s in: the previous minute weighs 2.9, this one holds 1: three more fit
+    for _ in range(3):
+        await limiter.hit("user", "alice")
+    with pytest.raises(RateLimitedError):
+        await limiter.hit("user", "alice")
+    now[0] += 120.0  # two minutes on, neither window holds a request
+    for _ in range(6):
+        await limiter.hit("user", "alice")
+
+
 def test_bad_rate_limit_setting() -> None:
     with pytest.raises(ValidationError, match="rate limit"):
         RateLimiter(Limits(per_ip="lots"), rate_limit_storage(None))

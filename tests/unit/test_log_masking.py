@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentloop.adapters.logs import configure_logging, mask_text
+from agentloop.application.learning.masking import SECRET, mask
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 KEY = "alk_Q0c7uXw2bJ9aZp1LrT5sVd8eYf3gHk6m"
@@ -64,3 +65,14 @@ def test_every_kind_of_record_is_masked(json_logs: io.StringIO) -> None:
 def test_our_keys_and_refresh_tokens_never_survive(suffix: str) -> None:
     for prefix in ("alk_", "alr_"):
         assert prefix + suffix not in mask_text(f"header Bearer {prefix}{suffix} and more")
+
+
+@given(st.lists(st.sampled_from(["GET", "/api/v1/conversations", f"key {KEY}", "mail bob@example.com", JWT])))
+def test_repeated_values_mask_the_same_every_time(values: list[str]) -> None:
+    """Clean short strings are remembered to skip rescanning them; masking never depends on what came
+    before, and nothing that needed masking is remembered."""
+    from agentloop.adapters import logs
+
+    for value in values:
+        assert mask_text(value) == mask(logs.OWN_TOKENS.sub(SECRET, value))
+    assert not {KEY, JWT, "bob@example.com"} & {word for text in logs._clean for word in text.split()}

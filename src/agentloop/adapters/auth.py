@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import ConfigurationError
 from limits.errors import StorageError as LimitsStorageError
 from limits.storage import storage_from_string
@@ -178,7 +178,12 @@ class Limits:
 
 
 class RateLimiter:
-    """Moving-window limits per key; counters in memory (one process) or Redis (shared by every server)."""
+    """Sliding-window limits per key; counters in memory (one process) or Redis (shared by every server).
+
+    A sliding window *counter* (two fixed-window counters, the previous one weighted by how much of it still
+    overlaps the last `period`): constant time and memory per key whatever the limit, where a moving window
+    keeps every request of the period per key and, in memory, re-sorts its lists on a thread after each hit
+    (ADR-0006 amendment). It assumes the previous window's requests were spread evenly."""
 
     def __init__(self, limits: Limits, storage: Storage) -> None:
         try:
@@ -190,10 +195,10 @@ class RateLimiter:
         except ValueError as exc:
             raise ValidationError(f"invalid rate limit: {exc}", field="rate_limit") from exc
         self.storage = storage
-        self.strategy = MovingWindowRateLimiter(storage)
+        self.strategy = SlidingWindowCounterRateLimiter(storage)
         # When the shared counters (Redis) are unreachable the limits still hold, per process, until they
         # return: a cache outage must not take the API down (issue "production": serve without Redis).
-        self.fallback = MovingWindowRateLimiter(MemoryStorage())
+        self.fallback = SlidingWindowCounterRateLimiter(MemoryStorage())
 
     async def hit(self, kind: str, key: str) -> None:
         """Count one request; RateLimitedError with the seconds to wait once the limit is reached."""
@@ -212,7 +217,7 @@ class RateLimiter:
 
     @staticmethod
     async def _hit(
-        strategy: MovingWindowRateLimiter, item: RateLimitItem, kind: str, key: str
+        strategy: SlidingWindowCounterRateLimiter, item: RateLimitItem, kind: str, key: str
     ) -> WindowStats | None:
         """None when the request is allowed, else the window's stats (for Retry-After)."""
         if await strategy.hit(item, kind, key):

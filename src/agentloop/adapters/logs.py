@@ -26,8 +26,24 @@ OWN_TOKENS = re.compile(r"\bal[kr]_[A-Za-z0-9_-]{16,}")
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
+# Short strings found clean, so that the few values most log lines repeat (the event, method, path, route,
+# logger) are scanned once, not on every line. Only clean strings are kept: no secret stays here.
+_CLEAN_MAX_CHARS = 160
+_CLEAN_MAX_ENTRIES = 4096
+_clean: set[str] = set()
+# Added to every record by our own processors from the clock: nothing a caller sends can reach them.
+_OWN_FIELDS = frozenset({"timestamp"})
+
+
 def mask_text(text: str) -> str:
-    return mask(OWN_TOKENS.sub(SECRET, text))
+    if text in _clean:
+        return text
+    masked = mask(OWN_TOKENS.sub(SECRET, text))
+    if masked == text and len(text) <= _CLEAN_MAX_CHARS:
+        if len(_clean) >= _CLEAN_MAX_ENTRIES:
+            _clean.clear()
+        _clean.add(text)
+    return masked
 
 
 def _masked(value: Any) -> Any:
@@ -43,7 +59,7 @@ def _masked(value: Any) -> Any:
 def mask_secrets(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor: no password, token, key or personal datum leaves in a log record."""
     for key, value in list(event_dict.items()):
-        if key.startswith("_"):
+        if key.startswith("_") or key in _OWN_FIELDS:
             continue
         event_dict[key] = SECRET if key != "event" and SECRET_KEYS.search(key) else _masked(value)
     return event_dict
