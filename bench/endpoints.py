@@ -83,7 +83,7 @@ def paced(
     return {**result, "target_rps": rate, "achieved_rps": result["requests_per_s"]}
 
 
-async def _seed_conversations(url: str, headers: dict[str, str]) -> None:
+async def seed_conversations(url: str, headers: dict[str, str]) -> None:
     async with httpx.AsyncClient(timeout=30.0, headers=headers) as client:
         for index in range(CONVERSATIONS):
             response = await client.post(url + "/api/v1/conversations", json={"title": f"bench {index}"})
@@ -99,7 +99,7 @@ async def run(quick: bool) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="agentloop-bench-endpoints-") as data_dir,
         procs.ours(Path(data_dir)) as server,
     ):
-        await _seed_conversations(server.url, server.headers)
+        await seed_conversations(server.url, server.headers)
         for name, path in ROUTES.items():
             url, headers = server.url + path, server.headers
             wrk(url, 1.0, headers=headers)  # warm-up

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,3 +413,19 @@ def test_conversations_survive_a_server_restart(launch: Callable[[Path], Server]
     assert after["messages"] == before["messages"]
     listed = httpx.get(f"{second.url}/api/v1/conversations", headers=second.headers, timeout=10).json()
     assert [c["id"] for c in listed["items"]] == [conversation_id]
+
+
+def test_each_request_is_logged_once_by_the_app(server: Server) -> None:
+    """`agentloop serve` turns uvicorn's access log off because the app logs every request itself (with its
+    request id, route and duration); the app's logging setup must not switch uvicorn's back on."""
+    request_id = "log-once-" + uuid.uuid4().hex
+    response = httpx.get(
+        f"{server.url}/api/v1/agents", headers={**server.headers, "X-Request-ID": request_id}, timeout=10
+    )
+    assert response.status_code == 200
+    deadline = time.monotonic() + 5
+    while request_id not in server.log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in server.log.read_text(errors="replace").splitlines() if request_id in line]
+    assert len(lines) == 1, lines
+    assert "agentloop.http" in lines[0] and "endpoint=/api/v1/agents" in lines[0] and "status=200" in lines[0]

@@ -164,3 +164,25 @@ def test_training_chart_leaves_out_a_failed_arm(tmp_path: Path) -> None:
     }
     path = charts._training(doc, tmp_path / "training.png")
     assert path.stat().st_size > 0
+
+
+def test_ab_pairs_alternate_their_order_and_report_each_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from bench import ab, endpoints
+
+    calls: list[str] = []
+
+    def fake_wrk(url: str, seconds: float, **_: object) -> dict[str, float]:
+        calls.append(url)
+        return {"requests_per_s": 200.0 if url.startswith("http://head") else 100.0, "errors": 0}
+
+    monkeypatch.setattr(endpoints, "wrk", fake_wrk)
+    base = SimpleNamespace(url="http://base", headers={})
+    head = SimpleNamespace(url="http://head", headers={})
+    result = ab.compare(base, head, rounds=2, seconds=1.0)  # type: ignore[arg-type]
+    assert result["conversations"]["ratios"] == [2.0, 2.0]
+    assert result["auth_me"]["median_ratio"] == 2.0 and result["auth_me"]["pairs_above_1"] == 2
+    measured = calls[1::2]  # every measurement follows its warm-up
+    assert [url.split("/")[2] for url in measured[:2]] == ["base", "head"]  # round 0: base first
+    assert [url.split("/")[2] for url in measured[4:6]] == ["head", "base"]  # round 1: head first

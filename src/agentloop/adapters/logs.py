@@ -99,6 +99,11 @@ def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
     root.setLevel(level.upper())
     for name in SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
+        if not server_logger.handlers and not server_logger.propagate:
+            # Muted on purpose: uvicorn's `access_log=False` (`agentloop serve`, whose app logs every request
+            # itself) leaves its access logger so. Unmuting it logged each request twice, and made uvicorn
+            # build a second record per request, since it asks `hasHandlers()` (ADR-0011, stop 15).
+            continue
         server_logger.handlers[:] = []
         server_logger.propagate = True
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
