@@ -47,20 +47,11 @@ def worktree(ref: str) -> Iterator[tuple[Path, str]]:
             subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO_ROOT, check=False)
 
 
-def server(data_dir: Path, source: Path | None) -> procs.Server:
-    """`agentloop serve` from `source` (a tree's src/ put first on PYTHONPATH), or from the working tree."""
-    saved = os.environ.get("PYTHONPATH")
-    if source is not None:
-        os.environ["PYTHONPATH"] = str(source / "src")
-    else:
-        os.environ.pop("PYTHONPATH", None)
-    try:
-        return procs.ours(data_dir).start()
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+def server(data_dir: Path, tree: Path) -> procs.Server:
+    """`agentloop serve` of the code in `tree` (its src/ first on the server's PYTHONPATH)."""
+    arm = procs.ours(data_dir)
+    arm.env["PYTHONPATH"] = str(tree / "src")
+    return arm.start()
 
 
 def compare(base: procs.Server, head: procs.Server, rounds: int, seconds: float) -> dict[str, Any]:
@@ -75,11 +66,11 @@ def compare(base: procs.Server, head: procs.Server, rounds: int, seconds: float)
                     raise RuntimeError(f"{name} {path}: {measured['errors']} failed requests")
                 samples[route][name].append(measured["requests_per_s"])
     summary = {}
-    for route, arms in samples.items():
-        ratios = [h / b for b, h in zip(arms["base"], arms["head"], strict=True)]
+    for route, by_arm in samples.items():
+        ratios = [h / b for b, h in zip(by_arm["base"], by_arm["head"], strict=True)]
         summary[route] = {
             "path": ROUTES[route],
-            "requests_per_s": arms,
+            "requests_per_s": by_arm,
             "ratios": ratios,
             "median_ratio": statistics.median(ratios),
             "pairs_above_1": sum(r > 1 for r in ratios),
@@ -98,7 +89,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as base_dir,
         tempfile.TemporaryDirectory() as head_dir,
     ):
-        base, head = server(Path(base_dir), tree), server(Path(head_dir), None)
+        base, head = server(Path(base_dir), tree), server(Path(head_dir), REPO_ROOT)
         try:
             for arm in (base, head):
                 asyncio.run(endpoints.seed_conversations(arm.url, arm.headers))
