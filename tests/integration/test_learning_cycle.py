@@ -1,5 +1,5 @@
 """One tiny real learning cycle on the real 270M model: conversations + corrections -> dataset -> LoRA
-(2 steps, subprocess) -> GGUF adapter -> evaluation of both versions -> gate -> registry -> hot swap; then
+(1 step, subprocess) -> GGUF adapter -> evaluation of both versions -> gate -> registry -> hot swap; then
 promote / rollback while requests are running, with no failed request.
 
 Kept cheap for 2 shared cores: the turns use an agent with the calculator only (a ~300-token prompt instead
@@ -39,7 +39,7 @@ async def test_a_tiny_cycle_trains_gates_registers_and_hot_swaps(
     )
     settings = model_settings(tmp_path).model_copy(
         update={
-            "train_max_steps": 2,
+            "train_max_steps": 1,  # each step is ~7 s on one core: one shows the stage runs
             "train_batch_size": 2,
             "train_learning_rate": 1e-3,
             "eval_suites": ["arithmetic"],
@@ -103,16 +103,16 @@ async def swap_under_load(container: object, agent: Agent, version_id: str) -> N
         await store.create_conversation(conversation)
         return (await agents.ask(conversation.id, text)).message.model_version or ""
 
-    # Each swap empties the KV cache, so every turn here pays a full prompt prefill: two turns are enough to
-    # have one in flight on each side of a swap.
+    # Each swap waits for the model calls already queued and empties the KV cache, so every turn here pays
+    # a full prompt prefill: two turns and two swaps have calls in flight on each side of each swap
+    # (bench/swap.py measures 20 swaps under load).
     turns = [asyncio.create_task(one_turn(f"What is {n} + {n}?")) for n in range(2)]
     await asyncio.sleep(0.5)
     await registry.rollback()
     await registry.promote(version_id)
-    await registry.rollback()
     versions = await asyncio.gather(*turns)
     assert all(v in (version_id, BASE_VERSION) for v in versions)
-    assert container.engine.model_version == BASE_VERSION  # type: ignore[attr-defined]
+    assert container.engine.model_version == version_id  # type: ignore[attr-defined]
     stored = await store.get_conversation((await store.list_conversations(1, 0))[0][0].id)
     assert all(m.model_version for m in stored.messages if m.role == Role.ASSISTANT)
 
