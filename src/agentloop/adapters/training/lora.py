@@ -11,6 +11,7 @@ import re
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,7 @@ def wrap_lora(model: Any, spec: TrainSpec, placement: Placement, notes: list[str
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = LoraConfig(
         r=spec.lora_r,
@@ -186,7 +187,10 @@ def wrap_lora(model: Any, spec: TrainSpec, placement: Placement, notes: list[str
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT 0.21 still asks transformers 5 for the deprecated `is_gradient_checkpointing` alias.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[Example], max_seq_len: int) -> list[Encoded]:
