@@ -125,8 +125,10 @@ async def test_redis_rate_limit_is_shared_between_limiters() -> None:
         pytest.skip(f"Redis unreachable: {exc}")
     key = f"test-{secrets.token_hex(6)}"
     url = "redis://127.0.0.1:6379/0"
-    first = RateLimiter(Limits(per_ip="2/minute"), rate_limit_storage(url))
-    second = RateLimiter(Limits(per_ip="2/minute"), rate_limit_storage(url))
+    # An hour's window: a minute's boundary, crossed on the real clock, would let the sliding-window counter
+    # (ADR-0006) forget part of the first window.
+    first = RateLimiter(Limits(per_ip="2/hour"), rate_limit_storage(url))
+    second = RateLimiter(Limits(per_ip="2/hour"), rate_limit_storage(url))
     await first.hit("ip", key)
     await second.hit("ip", key)
     with pytest.raises(RateLimitedError):
