@@ -24,9 +24,9 @@ echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"
 # Two workers or more (pytest-xdist, one per core up to 4): the tests run llama.cpp and torch on one thread
-# each, so a second worker fills the other core; --dist worksteal evens out the long tests (the learning
-# cycle, training). `scripts/test.sh -n 0` runs everything in this process.
-.venv/bin/pytest -p no:cacheprovider -n auto --maxprocesses 4 --dist worksteal \
+# each, so a second worker fills the other core. --dist loadfile keeps each file on one worker, so a module's
+# server, browser or trained adapter is set up once. `scripts/test.sh -n 0` runs everything in this process.
+.venv/bin/pytest -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile \
     --cov=agentloop --cov-report=term --cov-report=xml:coverage.xml "${MARKERS[@]}" "$@"
 echo "==> coverage of domain/ and application/ (gate: 90%)"
 .venv/bin/coverage report --include='*/agentloop/domain/*,*/agentloop/application/*' --fail-under=90
