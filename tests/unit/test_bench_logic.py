@@ -186,3 +186,21 @@ def test_ab_pairs_alternate_their_order_and_report_each_ratio(monkeypatch: pytes
     measured = calls[1::2]  # every measurement follows its warm-up
     assert [url.split("/")[2] for url in measured[:2]] == ["base", "head"]  # round 0: base first
     assert [url.split("/")[2] for url in measured[4:6]] == ["head", "base"]  # round 1: head first
+
+
+def test_parallel_compares_every_arm_block_by_block_with_the_first() -> None:
+    from bench import parallel
+
+    def block(tokens: int, wall_s: float, failed: int = 0) -> dict[str, Any]:
+        ok = [{"ok": True, "tokens": tokens, "ms": 100.0, "error": None}]
+        bad = [{"ok": False, "tokens": 0, "ms": 5.0, "error": "HTTP 500"}] * failed
+        return {"wall_s": wall_s, "samples": ok + bad}
+
+    measured = {4: [block(100, 10.0), block(120, 10.0)], 8: [block(130, 10.0), block(120, 10.0, failed=1)]}
+    result = parallel.compare(measured, {8: {"rss_mb": 1060.0}})
+    assert list(result) == ["4", "8"]
+    assert result["4"]["ratios_to_4"] == [1.0, 1.0]
+    assert result["8"]["ratios_to_4"] == pytest.approx([1.3, 1.0])
+    assert result["8"]["median_ratio_to_4"] == pytest.approx(1.15)
+    assert result["8"]["errors"] == 1 and result["8"]["errors_seen"] == ["HTTP 500"]
+    assert result["8"]["memory_mb"] == {"rss_mb": 1060.0} and result["4"]["memory_mb"] == {}
