@@ -136,3 +136,18 @@ async def test_a_prompt_longer_than_the_context_is_refused(llama_engine: LlamaEn
     # The engine is still usable afterwards.
     after = await complete(llama_engine, GenerationRequest(COUNTING, max_tokens=2))
     assert after.usage.completion_tokens == 2
+
+
+async def test_engine_start_writes_no_raw_llama_cpp_lines_to_stderr(
+    llama_engine: LlamaEngine, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """llama.cpp's warnings (e.g. "using full-size SWA cache") go to the `llama.cpp` logger, which starts at
+    ERROR, not to stderr as raw text on every `agentloop ask` (llama_logs.py)."""
+    capfd.readouterr()
+    engine = LlamaEngine(llama_engine.model_path, n_ctx=512, n_threads=1, max_parallel=2)
+    await engine.start()
+    try:
+        await complete(engine, GenerationRequest(COUNTING, max_tokens=2))
+    finally:
+        await engine.close()
+    assert "llama_" not in capfd.readouterr().err

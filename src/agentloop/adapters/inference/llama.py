@@ -238,6 +238,9 @@ class LlamaEngine:
     def _load(self) -> None:
         from llama_cpp import Llama
 
+        from agentloop.adapters.inference.llama_logs import route_llama_logs
+
+        route_llama_logs()
         self._llm = Llama(
             model_path=str(self.model_path),
             n_ctx=self.n_ctx,
