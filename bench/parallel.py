@@ -7,7 +7,7 @@ Starts one `agentloop serve` per value at once; then, block after block (the ord
 each block, so slow drifts of the machine hit every arm alike), the same `SESSIONS` sessions of
 bench/concurrency.py run against each server for `--seconds`. Reports completion tokens/s, latency
 percentiles, errors and RSS per arm, and each arm's per-block throughput ratio to the first arm (median);
-writes bench/results/parallel.json (not part of SUMMARY.md).
+writes bench/results/parallel/<commit>.json (not part of SUMMARY.md).
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def main() -> None:
         "server": "agentloop serve with AGENTLOOP_MAX_PARALLEL set per arm, otherwise default settings",
         "order": "blocks alternate the order of the arms",
     }
-    out = RESULTS_DIR / "parallel.json"
+    head = f"{machine['git_commit']}{'-dirty' if machine['git_dirty'] else ''}"
+    out = RESULTS_DIR / "parallel" / f"{head}.json"  # a folder of its own: SUMMARY.md reads results/*.json
+    out.parent.mkdir(parents=True, exist_ok=True)
     document = {"name": "parallel", "machine": machine, "parameters": parameters, "arms": measured}
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {out.relative_to(REPO_ROOT)}")

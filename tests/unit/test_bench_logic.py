@@ -3,6 +3,7 @@ the `agentloop bench` command's wiring. Benchmarks themselves are not tests: not
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,14 @@ def test_parallel_compares_every_arm_block_by_block_with_the_first() -> None:
     assert result["8"]["median_ratio_to_4"] == pytest.approx(1.15)
     assert result["8"]["errors"] == 1 and result["8"]["errors_seen"] == ["HTTP 500"]
     assert result["8"]["memory_mb"] == {"rss_mb": 1060.0} and result["4"]["memory_mb"] == {}
+
+
+def test_every_result_file_summary_reads_has_a_name_and_rows() -> None:
+    """SUMMARY.md reads every bench/results/*.json: side-by-side tools (bench.ab, bench.parallel) write to
+    folders of their own, or `agentloop bench` would fail on their files at its very end."""
+    from bench.common import RESULTS_DIR
+
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        document = json.loads(path.read_text())
+        assert {"name", "rows"} <= set(document), path.name
+    assert summary.render().startswith("# Benchmark summary")
