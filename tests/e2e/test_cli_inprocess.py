@@ -149,6 +149,20 @@ def test_ask_in_unknown_conversation_exits_2(cli: Any) -> None:
     assert_clean_failure(result, 2, "conversation nope not found")
 
 
+def test_a_rejected_first_message_stores_no_conversation(cli: Any) -> None:
+    """`ask` and `chat` title a new conversation by its first message: one a turn refuses (blank, over
+    AGENTLOOP_MAX_MESSAGE_CHARS) leaves no empty conversation behind."""
+    assert_clean_failure(cli("ask", "  ", engine=FakeEngine(["unused"])), 2, "message must not be empty")
+    too_long = cli("ask", "What is 2+2?", engine=FakeEngine(["unused"]), AGENTLOOP_MAX_MESSAGE_CHARS="5")
+    assert_clean_failure(too_long, 2, "the limit is 5")
+    chat = cli("chat", engine=FakeEngine(["unused"]), input="What is 2+2?\n", AGENTLOOP_MAX_MESSAGE_CHARS="5")
+    assert chat.exit_code == 0 and "the limit is 5" in chat.output, chat.output
+
+    listed = cli("conversations", "ls", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)["total"] == 0
+
+
 def test_invalid_settings_exit_2_without_traceback(cli: Any) -> None:
     result = cli("conversations", "ls", AGENTLOOP_N_CTX="1")
 

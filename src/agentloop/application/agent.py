@@ -167,7 +167,7 @@ class AgentService:
 
     async def run_turn(self, conversation_id: str, text: str) -> AsyncGenerator[TurnEvent, None]:
         """Run one agent turn, yielding tokens and tool steps; every step is committed as it happens."""
-        self._check_message(text)
+        self.check_message(text)
         conversation = await self.store.get_conversation(conversation_id)
         agent = await self.store.get_agent(conversation.agent_id)
         user = Message(conversation.id, Role.USER, text)
@@ -177,7 +177,9 @@ class AgentService:
             async for event in events:
                 yield event
 
-    def _check_message(self, text: str) -> None:
+    def check_message(self, text: str) -> None:
+        """ValidationError unless `text` is a message a turn accepts (not blank, within the length limit);
+        callers that store something before the turn (a new conversation) check first."""
         if not text.strip():
             raise ValidationError("message must not be empty", field="content")
         if len(text) > self.max_message_chars:

@@ -260,8 +260,11 @@ def db_upgrade(ctx: typer.Context) -> None:
 # --- ask, chat ----------------------------------------------------------------------------------------------
 
 
-async def new_conversation(container: Container, title: str = "") -> str:
-    conversation = Conversation(container.default_agent.id, title=title[:80], source="cli")
+async def new_conversation(container: Container, first_message: str) -> str:
+    """A conversation titled by its first message, created only once that message is one a turn accepts:
+    a rejected message leaves nothing stored."""
+    container.agents.check_message(first_message)
+    conversation = Conversation(container.default_agent.id, title=first_message[:80], source="cli")
     await container.store.create_conversation(conversation)
     return conversation.id
 
