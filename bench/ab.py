@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import endpoints, procs
-from bench.common import REPO_ROOT, RESULTS_DIR, machine_info
+from bench.common import REPO_ROOT, commit_label, machine_info, write_side_result
 
 ROUTES = {"auth_me": "/api/v1/auth/me", "conversations": "/api/v1/conversations?limit=20"}
 
@@ -98,18 +97,15 @@ def main() -> None:
             base.stop()
             head.stop()
     machine = {**machine_info(), "loadavg_after": list(os.getloadavg())}
-    head_commit = f"{machine['git_commit']}{'-dirty' if machine['git_dirty'] else ''}"
+    head_commit = commit_label(machine)
     for route, result in measured.items():
         print(
             f"{route}: median ratio {result['median_ratio']:.2f} ({result['pairs_above_1']} of {args.rounds} "
             f"pairs above 1); base {[round(x) for x in result['requests_per_s']['base']]} req/s, "
             f"head {[round(x) for x in result['requests_per_s']['head']]}"
         )
-    out = RESULTS_DIR / "ab" / f"{commit}..{head_commit}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     document = {"base": commit, "head": head_commit, "rounds": args.rounds, "seconds": args.seconds}
-    out.write_text(json.dumps({**document, "machine": machine, "routes": measured}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    write_side_result("ab", f"{commit}..{head_commit}", {**document, "machine": machine, "routes": measured})
 
 
 if __name__ == "__main__":

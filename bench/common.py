@@ -116,3 +116,18 @@ def write_result(name: str, result: dict[str, Any], machine: dict[str, Any]) -> 
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def commit_label(machine: dict[str, Any]) -> str:
+    """The measured tree's commit, with `-dirty` when it had uncommitted changes."""
+    return f"{machine['git_commit']}{'-dirty' if machine['git_dirty'] else ''}"
+
+
+def write_side_result(folder: str, stem: str, document: dict[str, Any]) -> Path:
+    """A side-by-side tool's result (bench.ab, bench.parallel) as results/<folder>/<stem>.json: a folder of
+    its own, since SUMMARY.md reads every results/*.json as a benchmark with rows."""
+    path = RESULTS_DIR / folder / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {path.relative_to(REPO_ROOT)}")
+    return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 
 from bench import procs
-from bench.common import REPO_ROOT, RESULTS_DIR, machine_info
+from bench.common import commit_label, machine_info, write_side_result
 from bench.concurrency import MAX_TOKENS, SESSIONS, Session, _block, summarize
 
 
@@ -100,12 +99,8 @@ def main() -> None:
         "server": "agentloop serve with AGENTLOOP_MAX_PARALLEL set per arm, otherwise default settings",
         "order": "blocks alternate the order of the arms",
     }
-    head = f"{machine['git_commit']}{'-dirty' if machine['git_dirty'] else ''}"
-    out = RESULTS_DIR / "parallel" / f"{head}.json"  # a folder of its own: SUMMARY.md reads results/*.json
-    out.parent.mkdir(parents=True, exist_ok=True)
     document = {"name": "parallel", "machine": machine, "parameters": parameters, "arms": measured}
-    out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {out.relative_to(REPO_ROOT)}")
+    write_side_result("parallel", commit_label(machine), document)
 
 
 if __name__ == "__main__":

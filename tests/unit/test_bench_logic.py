@@ -216,3 +216,22 @@ def test_every_result_file_summary_reads_has_a_name_and_rows() -> None:
         document = json.loads(path.read_text())
         assert {"name", "rows"} <= set(document), path.name
     assert summary.render().startswith("# Benchmark summary")
+
+
+def test_side_results_go_to_a_folder_of_their_own_named_by_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import common
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path)
+    label = common.commit_label({"git_commit": "abc1234", "git_dirty": True})
+    assert (
+        label == "abc1234-dirty"
+        and common.commit_label({"git_commit": "abc1234", "git_dirty": False}) == "abc1234"
+    )
+    path = common.write_side_result("parallel", label, {"arms": {"4": 1.0}})
+    assert path == tmp_path / "results" / "parallel" / "abc1234-dirty.json"
+    assert json.loads(path.read_text()) == {"arms": {"4": 1.0}}
+    assert list((tmp_path / "results").glob("*.json")) == []  # nothing SUMMARY.md would read as a benchmark
+    assert "wrote results/parallel/abc1234-dirty.json" in capsys.readouterr().out
