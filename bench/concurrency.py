@@ -102,6 +102,24 @@ async def _block(
     return {"wall_s": wall, "samples": samples, "memory": server.memory()}
 
 
+async def alternate_blocks(
+    client: httpx.AsyncClient, arms: list[tuple[Any, procs.Server, bool]], blocks: int, block_s: float
+) -> dict[Any, list[dict[str, Any]]]:
+    """Each arm's blocks: every server warmed up once, then `blocks` rounds in which each arm (a name, its
+    server, and whether its `SESSIONS` fresh sessions run at once or one request at a time) runs for
+    `block_s`, the order of the arms reversing each round, so slow drifts of the machine hit every arm
+    alike."""
+    for server in {id(server): server for _, server, _ in arms}.values():  # warm-up, each server once
+        await _block(client, server, [Session(99)], 0.1, False)
+    results: dict[Any, list[dict[str, Any]]] = {name: [] for name, _, _ in arms}
+    for block in range(blocks):
+        for name, server, concurrent in arms if block % 2 == 0 else arms[::-1]:
+            sessions = [Session(i) for i in range(SESSIONS)]
+            outcome = await _block(client, server, sessions, block_s, concurrent)
+            results[name].append({"block": block, **outcome})
+    return results
+
+
 async def _sample_memory(servers: list[procs.Server], peaks: dict[str, float]) -> None:
     while True:
         for server in servers:
@@ -113,7 +131,6 @@ async def run(quick: bool) -> dict[str, Any]:
     blocks, block_s = (2, 10.0) if quick else (4, 30.0)
     setting = batch_setting()
     arms: list[tuple[str, bool]] = [("concurrent", True), ("serial", False)]
-    results: dict[str, list[dict[str, Any]]] = {}
     peaks: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="agentloop-bench-conc-") as data_dir:
         servers = {"concurrent": procs.ours(Path(data_dir) / "a")}
@@ -128,15 +145,10 @@ async def run(quick: bool) -> dict[str, Any]:
             limits = httpx.Limits(max_connections=SESSIONS * 2)
             auth = procs.ServerAuth(*servers.values())
             async with httpx.AsyncClient(timeout=600.0, limits=limits, auth=auth) as client:
-                for server in servers.values():  # warm-up
-                    await _block(client, server, [Session(99)], 0.1, False)
-                for block in range(blocks):
-                    order = arms if block % 2 == 0 else arms[::-1]
-                    for arm, concurrent in order:
-                        server = servers.get(arm, servers["concurrent"])
-                        sessions = [Session(i) for i in range(SESSIONS)]
-                        outcome = await _block(client, server, sessions, block_s, concurrent)
-                        results.setdefault(arm, []).append({"block": block, **outcome})
+                runs = [
+                    (arm, servers.get(arm, servers["concurrent"]), concurrent) for arm, concurrent in arms
+                ]
+                results = await alternate_blocks(client, runs, blocks, block_s)
             sampler.cancel()
             memory = {name: server.memory() for name, server in servers.items()}
         finally:

@@ -24,7 +24,7 @@ import httpx
 
 from bench import procs
 from bench.common import commit_label, machine_info, write_side_result
-from bench.concurrency import MAX_TOKENS, SESSIONS, Session, _block, summarize
+from bench.concurrency import MAX_TOKENS, SESSIONS, alternate_blocks, summarize
 
 
 def compare(blocks: dict[int, list[dict[str, Any]]], memory: dict[int, dict[str, float]]) -> dict[str, Any]:
@@ -47,7 +47,6 @@ def compare(blocks: dict[int, list[dict[str, Any]]], memory: dict[int, dict[str,
 
 
 async def measure(arms: list[int], blocks: int, seconds: float) -> dict[str, Any]:
-    measured: dict[int, list[dict[str, Any]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="agentloop-bench-parallel-") as data_dir:
         servers = {arm: procs.ours(Path(data_dir) / str(arm), max_parallel=arm) for arm in arms}
         try:
@@ -57,13 +56,8 @@ async def measure(arms: list[int], blocks: int, seconds: float) -> dict[str, Any
             auth = procs.ServerAuth(*servers.values())
             limits = httpx.Limits(max_connections=SESSIONS * 2 * len(arms))
             async with httpx.AsyncClient(timeout=600.0, limits=limits, auth=auth) as client:
-                for server in servers.values():  # warm-up
-                    await _block(client, server, [Session(99)], 0.1, False)
-                for block in range(blocks):
-                    for arm in arms if block % 2 == 0 else arms[::-1]:
-                        sessions = [Session(i) for i in range(SESSIONS)]
-                        outcome = await _block(client, servers[arm], sessions, seconds, True)
-                        measured[arm].append({"block": block, **outcome})
+                runs = [(arm, servers[arm], True) for arm in arms]
+                measured = await alternate_blocks(client, runs, blocks, seconds)
             memory = {arm: server.memory() for arm, server in servers.items()}
         finally:
             for server in servers.values():

@@ -235,3 +235,24 @@ def test_side_results_go_to_a_folder_of_their_own_named_by_commit(
     assert json.loads(path.read_text()) == {"arms": {"4": 1.0}}
     assert list((tmp_path / "results").glob("*.json")) == []  # nothing SUMMARY.md would read as a benchmark
     assert "wrote results/parallel/abc1234-dirty.json" in capsys.readouterr().out
+
+
+async def test_blocks_alternate_the_arms_and_warm_each_server_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import concurrency
+
+    calls: list[tuple[str, int, float, bool]] = []
+
+    async def block(_client: Any, server: Any, sessions: list[Any], seconds: float, at_once: bool) -> dict:
+        calls.append((server, len(sessions), seconds, at_once))
+        return {"wall_s": seconds, "samples": []}
+
+    monkeypatch.setattr(concurrency, "_block", block)
+    arms = [("concurrent", "a", True), ("unbatched", "b", True), ("serial", "a", False)]
+    results = await concurrency.alternate_blocks(None, arms, blocks=2, block_s=5.0)  # type: ignore[arg-type]
+
+    n = concurrency.SESSIONS
+    assert calls[:2] == [("a", 1, 0.1, False), ("b", 1, 0.1, False)]  # one warm-up per server
+    first = [("a", n, 5.0, True), ("b", n, 5.0, True), ("a", n, 5.0, False)]
+    assert calls[2:] == [*first, *reversed(first)]  # the second round runs the arms in reverse order
+    assert list(results) == ["concurrent", "unbatched", "serial"]
+    assert [b["block"] for b in results["serial"]] == [0, 1]
